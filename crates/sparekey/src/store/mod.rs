@@ -1,0 +1,771 @@
+//! The store: a backend trait with one transaction type, and every rule of the model
+//! written once on top of it, so that each backend only moves rows.
+//!
+//! Every public operation runs in one write transaction and appends its audit event in
+//! that same transaction: an action is either done and audited, or neither.
+
+mod sqlite;
+
+pub use sqlite::SqliteBackend;
+
+use std::sync::Arc;
+
+use crate::audit::{AuditEvent, AuditFilter, Context, outcome};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Policy};
+use crate::digest::{DigestKey, SCHEME_V1};
+use crate::error::{Error, Result};
+use crate::model::{
+    CodeId, CodeInfo, CodeRecord, Device, DeviceId, DeviceKind, LoginKey, MAX_ALIASES, Normalization, Status, User,
+    UserId, Username, check_text,
+};
+use crate::passcode::{self, Passcode};
+use crate::verify::{self, Verdict};
+
+/// At most this many codes per generation (as Duo).
+pub const MAX_CODES_PER_CALL: usize = 10;
+/// At most this many live codes per user (as Duo).
+pub const MAX_CODES_PER_USER: usize = 100;
+/// Longest validity of a temporary OTP (as OneLogin): 72 hours.
+pub const MAX_TEMP_VALID_SECS: u64 = 72 * 3600;
+/// Longest validity of any code: ten years. Longer is a typo, or "never" (0).
+pub const MAX_VALID_SECS: u64 = 10 * 365 * 86_400;
+/// Largest reuse count (0 is unlimited).
+pub const MAX_REUSE_COUNT: u32 = 1_000_000;
+
+/// A storage backend: hands out transactions.
+pub trait Backend: Send + std::fmt::Debug {
+    /// Starts a write transaction that holds the store's write lock from its first
+    /// statement (SQLite `BEGIN IMMEDIATE`), so that check and consume cannot interleave.
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>>;
+    /// Starts a read-only transaction: one consistent snapshot.
+    fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>>;
+    /// The normalisation the store's login keys were made with, if recorded.
+    fn normalization(&mut self) -> Result<Option<Normalization>>;
+    /// Records the normalisation of a new store.
+    fn set_normalization(&mut self, n: Normalization) -> Result<()>;
+}
+
+/// Which users to list.
+#[derive(Clone, Debug, Default)]
+pub struct UserFilter {
+    /// Only users with this status.
+    pub status: Option<Status>,
+    /// Only users in the trash (`Some(true)`), only users not in it (`Some(false)`), or all.
+    pub trashed: Option<bool>,
+    /// Only locked-out users.
+    pub locked: bool,
+}
+
+/// One transaction. Dropping it without [`Tx::commit`] rolls it back.
+pub trait Tx {
+    /// Makes every change durable.
+    fn commit(self: Box<Self>) -> Result<()>;
+    /// The user a login key belongs to (trashed users included).
+    fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
+    /// A user with their aliases.
+    fn user(&mut self, id: &UserId) -> Result<Option<User>>;
+    /// Inserts a user; `keys` are the login keys of the username then each alias.
+    fn insert_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
+    /// Rewrites a user's fields and login keys.
+    fn update_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
+    /// Writes only the fields verification changes (failures, lockout, last login).
+    fn update_user_state(&mut self, user: &User) -> Result<()>;
+    /// Removes a user with their logins, devices and codes.
+    fn delete_user(&mut self, id: &UserId) -> Result<()>;
+    /// Users matching a filter, by username.
+    fn list_users(&mut self, filter: &UserFilter) -> Result<Vec<User>>;
+    /// Users moved to the trash before `t`.
+    fn trashed_before(&mut self, t: i64) -> Result<Vec<UserId>>;
+    /// A user's devices.
+    fn devices(&mut self, user: &UserId) -> Result<Vec<Device>>;
+    /// How many devices a user has.
+    fn device_count(&mut self, user: &UserId) -> Result<u64>;
+    /// Adds a device.
+    fn insert_device(&mut self, device: &Device) -> Result<()>;
+    /// Removes a user's device; false if there was none with that id.
+    fn delete_device(&mut self, user: &UserId, id: &DeviceId) -> Result<bool>;
+    /// A user's codes, expired ones included.
+    fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>>;
+    /// Every user's codes, oldest first.
+    fn all_codes(&mut self) -> Result<Vec<CodeRecord>>;
+    /// One code.
+    fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>>;
+    /// Adds a code.
+    fn insert_code(&mut self, code: &CodeRecord) -> Result<()>;
+    /// Lowers a code's remaining uses. The store refuses to raise them.
+    fn set_code_uses(&mut self, id: &CodeId, uses: u32) -> Result<()>;
+    /// Removes a code; false if there was none.
+    fn delete_code(&mut self, id: &CodeId) -> Result<bool>;
+    /// Removes all of a user's codes; returns how many.
+    fn delete_codes_of(&mut self, user: &UserId) -> Result<u64>;
+    /// Removes codes expired at `now`, of one user or of all; returns how many.
+    fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64>;
+    /// Appends an audit event (its `id` is ignored).
+    fn append_audit(&mut self, event: &AuditEvent) -> Result<()>;
+    /// Audit events matching a filter, oldest first.
+    fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
+}
+
+/// What a transaction needs besides the rows: the key, the policy and the time.
+#[derive(Debug)]
+pub(crate) struct Env<'a> {
+    pub key: &'a DigestKey,
+    pub policy: &'a Policy,
+    pub now: i64,
+}
+
+impl Env<'_> {
+    pub fn normalization(&self) -> Normalization {
+        self.policy.username_normalization
+    }
+}
+
+/// A new user's fields.
+#[derive(Clone, Debug, Default)]
+pub struct NewUser {
+    /// Username.
+    pub username: String,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// Full name.
+    pub realname: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Notes.
+    pub notes: Option<String>,
+    /// Status (default active).
+    pub status: Option<Status>,
+}
+
+/// Changes to a user; `None` leaves a field as it is, `Some("")` clears a text field.
+#[derive(Clone, Debug, Default)]
+pub struct UserUpdate {
+    /// A new username.
+    pub username: Option<String>,
+    /// Replaces all aliases.
+    pub aliases: Option<Vec<String>>,
+    /// Aliases to add.
+    pub add_aliases: Vec<String>,
+    /// Aliases to remove.
+    pub remove_aliases: Vec<String>,
+    /// Full name.
+    pub realname: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Notes.
+    pub notes: Option<String>,
+    /// Status.
+    pub status: Option<Status>,
+}
+
+impl UserUpdate {
+    fn is_empty(&self) -> bool {
+        self.username.is_none()
+            && self.aliases.is_none()
+            && self.add_aliases.is_empty()
+            && self.remove_aliases.is_empty()
+            && self.realname.is_none()
+            && self.email.is_none()
+            && self.notes.is_none()
+            && self.status.is_none()
+    }
+}
+
+/// What codes to issue.
+#[derive(Clone, Debug)]
+pub struct CodeRequest {
+    /// How many random codes (1-10); ignored when `codes` is given.
+    pub count: usize,
+    /// Codes chosen by the admin (1-10, 6-20 digits each).
+    pub codes: Vec<Passcode>,
+    /// Uses per code; 0 is unlimited.
+    pub reuse_count: u32,
+    /// Seconds each code stays valid; 0 is forever.
+    pub valid_secs: u64,
+    /// Keep the user's existing codes instead of replacing them.
+    pub preserve_existing: bool,
+    /// Digits in each random code.
+    pub length: usize,
+}
+
+impl Default for CodeRequest {
+    /// The Duo Admin Panel's defaults: one code, one use, valid one hour, replacing.
+    fn default() -> Self {
+        CodeRequest {
+            count: 1,
+            codes: Vec::new(),
+            reuse_count: 1,
+            valid_secs: 3600,
+            preserve_existing: false,
+            length: passcode::GENERATED_LEN,
+        }
+    }
+}
+
+/// A code just issued: the only moment its value exists outside the user's hands.
+#[derive(Debug)]
+pub struct IssuedCode {
+    /// Its metadata.
+    pub info: CodeInfo,
+    /// The code.
+    pub code: Passcode,
+}
+
+/// The result of a generation.
+#[derive(Debug)]
+pub struct Issued {
+    /// The new codes.
+    pub codes: Vec<IssuedCode>,
+    /// How many existing codes were replaced.
+    pub replaced: u64,
+    /// Whether the user has a device; without one the codes cannot be used yet.
+    pub enrolled: bool,
+}
+
+/// What `purge` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    /// Expired codes dropped.
+    pub expired_codes: u64,
+    /// Users past trash retention removed, with their devices and codes.
+    pub purged_users: Vec<String>,
+}
+
+/// The verifier's store: every operation of the model, on any backend.
+#[derive(Debug)]
+pub struct Store {
+    backend: Box<dyn Backend>,
+    key: DigestKey,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+}
+
+impl Store {
+    /// Opens the store a config names: loads the key, opens (and migrates) the database.
+    pub fn open(config: &Config) -> Result<Self> {
+        let key = DigestKey::load(&config.store.key_file)?;
+        let backend = SqliteBackend::open(&config.store)?;
+        Self::with_backend(Box::new(backend), key, config.policy.clone(), Arc::new(SystemClock))
+    }
+
+    /// A store over any backend, with an injected clock.
+    pub fn with_backend(
+        mut backend: Box<dyn Backend>,
+        key: DigestKey,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let wanted = policy.username_normalization;
+        match backend.normalization()? {
+            None => backend.set_normalization(wanted)?,
+            Some(n) if n == wanted => {}
+            Some(n) => {
+                return Err(Error::Store(format!(
+                    "the store's logins were made with username_normalization = \"{}\" but the config says \"{}\"",
+                    n.as_str(),
+                    wanted.as_str()
+                )));
+            }
+        }
+        Ok(Store { backend, key, policy, clock })
+    }
+
+    /// An in-memory SQLite store, for tests.
+    pub fn in_memory(key: DigestKey, policy: Policy, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::with_backend(Box::new(SqliteBackend::in_memory()?), key, policy, clock)
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Runs `f` in one write transaction and commits if it succeeds.
+    fn write<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
+        self.write_then(true, f)
+    }
+
+    /// Runs `f` in one write transaction; commits if it succeeds and `commit` is set, and
+    /// rolls back otherwise (a dry run does every step and keeps none).
+    pub(crate) fn write_then<R>(&mut self, commit: bool, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
+        let env = Env { key: &self.key, policy: &self.policy, now: self.clock.now() };
+        let mut tx = self.backend.begin()?;
+        let r = f(&mut *tx, &env)?;
+        if commit {
+            tx.commit()?;
+        }
+        Ok(r)
+    }
+
+    /// Runs `f` in one read transaction.
+    fn read<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
+        let env = Env { key: &self.key, policy: &self.policy, now: self.clock.now() };
+        let mut tx = self.backend.begin_read()?;
+        f(&mut *tx, &env)
+    }
+
+    /// Decides one login attempt: the function every front end calls. It runs in one
+    /// write transaction, compares against every live code of the user in constant time,
+    /// consumes a use on success and audits the attempt. An `Err` means the store failed:
+    /// the caller must deny.
+    pub fn verify(&mut self, login: &str, passcode: &str, ctx: &Context) -> Result<Verdict> {
+        self.write(|tx, env| verify::verify_in(tx, env, login, passcode, ctx))
+    }
+
+    /// Finds a user by username, alias or id, trashed users included.
+    pub fn find_user(&mut self, name: &str) -> Result<User> {
+        self.read(|tx, env| find(tx, env, name))
+    }
+
+    /// Lists users.
+    pub fn list_users(&mut self, filter: &UserFilter) -> Result<Vec<User>> {
+        self.read(|tx, _| tx.list_users(filter))
+    }
+
+    /// Adds a user.
+    pub fn add_user(&mut self, new: NewUser, ctx: &Context) -> Result<User> {
+        self.write(|tx, env| {
+            let user = add_user_in(tx, env, new)?;
+            audit(tx, env, ctx, "user.add", Some(&user), None, outcome::OK, None, None)?;
+            Ok(user)
+        })
+    }
+
+    /// Changes a user's names, details or status.
+    pub fn update_user(&mut self, name: &str, update: UserUpdate, ctx: &Context) -> Result<User> {
+        if update.is_empty() {
+            return Err(Error::invalid("update", "nothing to change"));
+        }
+        self.write(|tx, env| {
+            let user = find(tx, env, name)?;
+            let (user, changed) = update_user_in(tx, env, user, update)?;
+            audit(tx, env, ctx, "user.update", Some(&user), None, outcome::OK, None, Some(changed.join(",")))?;
+            Ok(user)
+        })
+    }
+
+    /// Moves a user to the trash: they cannot log in until restored, and are purged after
+    /// the retention period.
+    pub fn trash_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
+        self.write(|tx, env| {
+            let mut user = find(tx, env, name)?;
+            if user.trashed_at.is_some() {
+                return Err(Error::Conflict(format!("user {} is already in the trash", user.username)));
+            }
+            user.trashed_at = Some(env.now);
+            tx.update_user_state(&user)?;
+            audit(tx, env, ctx, "user.delete", Some(&user), None, outcome::OK, None, None)?;
+            Ok(user)
+        })
+    }
+
+    /// Brings a user back from the trash with their devices and codes.
+    pub fn restore_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
+        self.write(|tx, env| {
+            let mut user = find(tx, env, name)?;
+            if user.trashed_at.is_none() {
+                return Err(Error::Conflict(format!("user {} is not in the trash", user.username)));
+            }
+            user.trashed_at = None;
+            tx.update_user_state(&user)?;
+            audit(tx, env, ctx, "user.restore", Some(&user), None, outcome::OK, None, None)?;
+            Ok(user)
+        })
+    }
+
+    /// Removes a user now, with their devices and codes.
+    pub fn purge_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
+        self.write(|tx, env| {
+            let user = find(tx, env, name)?;
+            tx.delete_user(&user.id)?;
+            audit(tx, env, ctx, "user.purge", Some(&user), None, outcome::OK, None, None)?;
+            Ok(user)
+        })
+    }
+
+    /// Clears a lockout and the failure counter.
+    pub fn unlock_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
+        self.write(|tx, env| {
+            let mut user = find(tx, env, name)?;
+            let was = user.lockout.take();
+            user.failed_attempts = 0;
+            tx.update_user_state(&user)?;
+            let detail = if was.is_some() { "was locked out" } else { "was not locked out" };
+            audit(tx, env, ctx, "user.unlock", Some(&user), None, outcome::OK, None, Some(detail.into()))?;
+            Ok(user)
+        })
+    }
+
+    /// Enrols a device.
+    pub fn add_device(&mut self, name: &str, kind: DeviceKind, label: Option<String>, ctx: &Context) -> Result<Device> {
+        let label = check_text("name", label)?;
+        self.write(|tx, env| {
+            let user = find_live(tx, env, name)?;
+            let device = Device { id: DeviceId::generate()?, user_id: user.id.clone(), kind, name: label, created_at: env.now };
+            tx.insert_device(&device)?;
+            let detail = format!("device={} kind={}", device.id, kind);
+            audit(tx, env, ctx, "device.add", Some(&user), None, outcome::OK, None, Some(detail))?;
+            Ok(device)
+        })
+    }
+
+    /// A user's devices.
+    pub fn list_devices(&mut self, name: &str) -> Result<Vec<Device>> {
+        self.read(|tx, env| {
+            let user = find(tx, env, name)?;
+            tx.devices(&user.id)
+        })
+    }
+
+    /// Removes a device.
+    pub fn remove_device(&mut self, name: &str, device: &str, ctx: &Context) -> Result<()> {
+        self.write(|tx, env| {
+            let user = find(tx, env, name)?;
+            let id = DeviceId::from_string(device);
+            if !tx.delete_device(&user.id, &id)? {
+                return Err(Error::NotFound(format!("device {} of user {}", crate::audit::sanitize(device, 64), user.username)));
+            }
+            audit(tx, env, ctx, "device.remove", Some(&user), None, outcome::OK, None, Some(format!("device={id}")))
+        })
+    }
+
+    /// Issues bypass codes.
+    pub fn generate_codes(&mut self, name: &str, req: CodeRequest, ctx: &Context) -> Result<Issued> {
+        check_request(&req)?;
+        self.write(|tx, env| {
+            let user = find_live(tx, env, name)?;
+            let issued = issue_in(tx, env, &user, &req, &ctx.actor)?;
+            let detail = format!(
+                "count={} custom={} reuse_count={} valid_secs={} preserve_existing={} replaced={}",
+                issued.codes.len(),
+                !req.codes.is_empty(),
+                req.reuse_count,
+                req.valid_secs,
+                req.preserve_existing,
+                issued.replaced
+            );
+            for c in &issued.codes {
+                audit(tx, env, ctx, "code.generate", Some(&user), Some(&c.info.id), outcome::OK, None, Some(detail.clone()))?;
+            }
+            Ok(issued)
+        })
+    }
+
+    /// Issues an 8-digit temporary OTP (OneLogin's semantics): valid at most 72 hours,
+    /// one use or, if `reusable`, any number within its validity. It keeps existing codes.
+    pub fn temp_code(&mut self, name: &str, valid_secs: u64, reusable: bool, ctx: &Context) -> Result<IssuedCode> {
+        if valid_secs == 0 || valid_secs > MAX_TEMP_VALID_SECS {
+            return Err(Error::invalid("valid-for", "must be more than 0 and at most 72h"));
+        }
+        let req = CodeRequest {
+            count: 1,
+            codes: Vec::new(),
+            reuse_count: if reusable { 0 } else { 1 },
+            valid_secs,
+            preserve_existing: true,
+            length: passcode::TEMP_LEN,
+        };
+        let mut issued = self.generate_codes(name, req, ctx)?;
+        issued.codes.pop().ok_or_else(|| Error::Store("no code was issued".into()))
+    }
+
+    /// Codes' metadata: one user's, or everyone's. Expired codes are left out.
+    pub fn list_codes(&mut self, name: Option<&str>) -> Result<Vec<CodeInfo>> {
+        self.read(|tx, env| {
+            let codes = match name {
+                Some(n) => {
+                    let user = find(tx, env, n)?;
+                    tx.codes(&user.id)?
+                }
+                None => tx.all_codes()?,
+            };
+            Ok(codes.iter().filter(|c| !c.expired_at(env.now)).map(CodeRecord::info).collect())
+        })
+    }
+
+    /// Revokes one code.
+    pub fn delete_code(&mut self, id: &str, ctx: &Context) -> Result<CodeInfo> {
+        self.write(|tx, env| {
+            let id = CodeId::from_string(id);
+            let code = tx.code(&id)?.ok_or_else(|| Error::NotFound(format!("code {}", crate::audit::sanitize(id.as_str(), 64))))?;
+            tx.delete_code(&id)?;
+            let user = tx.user(&code.user_id)?;
+            audit(tx, env, ctx, "code.delete", user.as_ref(), Some(&id), outcome::OK, None, None)?;
+            Ok(code.info())
+        })
+    }
+
+    /// Drops expired codes and removes users past the trash retention.
+    pub fn purge(&mut self, ctx: &Context) -> Result<PurgeReport> {
+        self.write(|tx, env| {
+            let expired_codes = tx.delete_expired_codes(None, env.now)?;
+            let cutoff = env.now - i64::from(env.policy.trash_retention_days) * 86_400;
+            let mut purged_users = Vec::new();
+            for id in tx.trashed_before(cutoff)? {
+                let user = tx.user(&id)?;
+                tx.delete_user(&id)?;
+                audit(tx, env, ctx, "user.purge", user.as_ref(), None, outcome::OK, Some("trash_retention".into()), None)?;
+                purged_users.push(user.map_or_else(|| id.to_string(), |u| u.username.to_string()));
+            }
+            let detail = format!("expired_codes={expired_codes} users={}", purged_users.len());
+            audit(tx, env, ctx, "purge", None, None, outcome::OK, None, Some(detail))?;
+            Ok(PurgeReport { expired_codes, purged_users })
+        })
+    }
+
+    /// Lists audit events.
+    pub fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
+        self.read(|tx, _| tx.audit(filter))
+    }
+
+    /// Runs `f` in one read transaction (used by export).
+    pub(crate) fn read_with<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
+        self.read(f)
+    }
+}
+
+/// Finds a user by login or id, trashed users included.
+pub(crate) fn find(tx: &mut dyn Tx, env: &Env<'_>, name: &str) -> Result<User> {
+    let not_found = || Error::NotFound(format!("user {}", crate::audit::sanitize(name, 64)));
+    let id = match LoginKey::from_login(name, env.normalization()) {
+        Some(key) => tx.user_id_by_login(&key)?,
+        None => None,
+    };
+    let id = match id {
+        Some(id) => id,
+        None if UserId::looks_like(name) => UserId::from_string(name),
+        None => return Err(not_found()),
+    };
+    tx.user(&id)?.ok_or_else(not_found)
+}
+
+/// Finds a user who is not in the trash.
+fn find_live(tx: &mut dyn Tx, env: &Env<'_>, name: &str) -> Result<User> {
+    let user = find(tx, env, name)?;
+    if user.trashed_at.is_some() {
+        return Err(Error::Conflict(format!("user {} is in the trash; restore them first", user.username)));
+    }
+    Ok(user)
+}
+
+/// Parses and checks a user's names: at most [`MAX_ALIASES`] aliases, no two with the same
+/// key, and no key held by another user.
+pub(crate) fn check_names(
+    tx: &mut dyn Tx,
+    env: &Env<'_>,
+    username: &Username,
+    aliases: &[Username],
+    self_id: Option<&UserId>,
+) -> Result<Vec<LoginKey>> {
+    if aliases.len() > MAX_ALIASES {
+        return Err(Error::Limit(format!("at most {MAX_ALIASES} aliases per user")));
+    }
+    let keys: Vec<LoginKey> = std::iter::once(username).chain(aliases).map(|u| u.key(env.normalization())).collect();
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].contains(k) {
+            return Err(Error::Conflict(format!("name {} is given twice", k.as_str())));
+        }
+        if let Some(owner) = tx.user_id_by_login(k)? {
+            if Some(&owner) != self_id {
+                let who = tx.user(&owner)?.map_or_else(|| owner.to_string(), |u| u.username.to_string());
+                return Err(Error::Conflict(format!("name {} is already used by user {who}", k.as_str())));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+pub(crate) fn parse_names(names: &[String]) -> Result<Vec<Username>> {
+    names.iter().map(|a| Username::parse(a)).collect()
+}
+
+pub(crate) fn add_user_in(tx: &mut dyn Tx, env: &Env<'_>, new: NewUser) -> Result<User> {
+    let username = Username::parse(&new.username)?;
+    let aliases = parse_names(&new.aliases)?;
+    let keys = check_names(tx, env, &username, &aliases, None)?;
+    let user = User {
+        id: UserId::generate()?,
+        username,
+        aliases,
+        realname: check_text("realname", new.realname)?,
+        email: check_text("email", new.email)?,
+        notes: check_text("notes", new.notes)?,
+        status: new.status.unwrap_or(Status::Active),
+        lockout: None,
+        failed_attempts: 0,
+        created_at: env.now,
+        last_login: None,
+        trashed_at: None,
+    };
+    tx.insert_user(&user, &keys)?;
+    Ok(user)
+}
+
+/// Applies an update; returns the user and the names of the fields that changed.
+pub(crate) fn update_user_in(
+    tx: &mut dyn Tx,
+    env: &Env<'_>,
+    mut user: User,
+    up: UserUpdate,
+) -> Result<(User, Vec<&'static str>)> {
+    let before = user.clone();
+    if let Some(u) = up.username {
+        user.username = Username::parse(&u)?;
+    }
+    if let Some(a) = up.aliases {
+        user.aliases = parse_names(&a)?;
+    }
+    let n = env.normalization();
+    for r in parse_names(&up.remove_aliases)? {
+        let len = user.aliases.len();
+        user.aliases.retain(|a| a.key(n) != r.key(n));
+        if user.aliases.len() == len {
+            return Err(Error::NotFound(format!("alias {r} of user {}", user.username)));
+        }
+    }
+    user.aliases.extend(parse_names(&up.add_aliases)?);
+    if let Some(v) = up.realname {
+        user.realname = check_text("realname", Some(v))?;
+    }
+    if let Some(v) = up.email {
+        user.email = check_text("email", Some(v))?;
+    }
+    if let Some(v) = up.notes {
+        user.notes = check_text("notes", Some(v))?;
+    }
+    if let Some(s) = up.status {
+        user.status = s;
+    }
+    let keys = check_names(tx, env, &user.username, &user.aliases, Some(&user.id))?;
+    tx.update_user(&user, &keys)?;
+    let mut changed = Vec::new();
+    for (name, differs) in [
+        ("username", before.username != user.username),
+        ("aliases", before.aliases != user.aliases),
+        ("realname", before.realname != user.realname),
+        ("email", before.email != user.email),
+        ("notes", before.notes != user.notes),
+        ("status", before.status != user.status),
+    ] {
+        if differs {
+            changed.push(name);
+        }
+    }
+    Ok((user, changed))
+}
+
+fn check_request(req: &CodeRequest) -> Result<()> {
+    if req.codes.is_empty() && !(1..=MAX_CODES_PER_CALL).contains(&req.count) {
+        return Err(Error::invalid("count", format!("must be 1 to {MAX_CODES_PER_CALL}")));
+    }
+    if req.codes.len() > MAX_CODES_PER_CALL {
+        return Err(Error::Limit(format!("at most {MAX_CODES_PER_CALL} codes per call")));
+    }
+    if req.reuse_count > MAX_REUSE_COUNT {
+        return Err(Error::invalid("reuse-count", format!("must be at most {MAX_REUSE_COUNT} (0 is unlimited)")));
+    }
+    if req.valid_secs > MAX_VALID_SECS {
+        return Err(Error::invalid("valid-secs", format!("must be at most {MAX_VALID_SECS} (0 never expires)")));
+    }
+    if !(passcode::MIN_LEN..=passcode::MAX_LEN).contains(&req.length) {
+        return Err(Error::invalid("length", "must be 6 to 20"));
+    }
+    Ok(())
+}
+
+/// Issues codes for a user who exists and is not in the trash. With
+/// `preserve_existing`, the cap and duplicate checks cover old and new codes together and
+/// nothing is written unless all pass; otherwise the user's codes are replaced.
+fn issue_in(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: &str) -> Result<Issued> {
+    tx.delete_expired_codes(Some(&user.id), env.now)?;
+    let existing = if req.preserve_existing { tx.codes(&user.id)? } else { Vec::new() };
+    let wanted = if req.codes.is_empty() { req.count } else { req.codes.len() };
+    if existing.len() + wanted > MAX_CODES_PER_USER {
+        return Err(Error::Limit(format!(
+            "user {} has {} active codes; {wanted} more would pass the limit of {MAX_CODES_PER_USER}",
+            user.username,
+            existing.len()
+        )));
+    }
+    let mut taken: Vec<[u8; 32]> = existing.iter().map(|c| c.digest).collect();
+    let mut fresh: Vec<(Passcode, [u8; 32])> = Vec::with_capacity(wanted);
+    if req.codes.is_empty() {
+        while fresh.len() < wanted {
+            let code = Passcode::generate(req.length)?;
+            let d = env.key.digest(&user.id, code.expose().as_bytes());
+            // A random collision with a live code is about one in a billion; draw again.
+            if !taken.contains(&d) {
+                taken.push(d);
+                fresh.push((code, d));
+            }
+        }
+    } else {
+        for (i, code) in req.codes.iter().enumerate() {
+            let d = env.key.digest(&user.id, code.expose().as_bytes());
+            if taken.contains(&d) {
+                // Never repeat the code; its position is enough to find it.
+                return Err(Error::Conflict(format!(
+                    "code #{} duplicates {} of user {}",
+                    i + 1,
+                    if i > 0 && taken[existing.len()..].contains(&d) { "another code in this request" } else { "an active code" },
+                    user.username
+                )));
+            }
+            taken.push(d);
+            fresh.push((code.clone(), d));
+        }
+    }
+    let replaced = if req.preserve_existing { 0 } else { tx.delete_codes_of(&user.id)? };
+    let expires_at = (req.valid_secs > 0).then(|| env.now.saturating_add(req.valid_secs as i64));
+    let uses_remaining = (req.reuse_count > 0).then_some(req.reuse_count);
+    let mut codes = Vec::with_capacity(fresh.len());
+    for (code, digest) in fresh {
+        let rec = CodeRecord {
+            id: CodeId::generate()?,
+            user_id: user.id.clone(),
+            digest,
+            scheme: SCHEME_V1,
+            created_at: env.now,
+            created_by: actor.to_owned(),
+            expires_at,
+            uses_remaining,
+            reuse_count: req.reuse_count,
+        };
+        tx.insert_code(&rec)?;
+        codes.push(IssuedCode { info: rec.info(), code });
+    }
+    let enrolled = tx.device_count(&user.id)? > 0;
+    Ok(Issued { codes, replaced, enrolled })
+}
+
+/// Appends an audit event for `ctx`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn audit(
+    tx: &mut dyn Tx,
+    env: &Env<'_>,
+    ctx: &Context,
+    action: &str,
+    user: Option<&User>,
+    code: Option<&CodeId>,
+    outcome: &str,
+    reason: Option<String>,
+    detail: Option<String>,
+) -> Result<()> {
+    tx.append_audit(&AuditEvent {
+        id: 0,
+        time: env.now,
+        actor: ctx.actor.clone(),
+        action: action.to_owned(),
+        user_id: user.map(|u| u.id.to_string()),
+        username: user.map(|u| u.username.to_string()),
+        code_id: code.map(ToString::to_string),
+        outcome: outcome.to_owned(),
+        reason,
+        source: ctx.source.clone(),
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,556 @@
+//! The embedded SQLite backend: WAL, `BEGIN IMMEDIATE` for every write, `synchronous=FULL`
+//! by default, append-only migrations, and files created 0600.
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Backend, Tx, UserFilter};
+use crate::audit::{AuditEvent, AuditFilter, Source};
+use crate::config::{StoreConfig, Synchronous};
+use crate::error::{Error, Result};
+use crate::model::{
+    CodeId, CodeRecord, Device, DeviceId, Lockout, LoginKey, Normalization, Status, User, UserId, Username,
+};
+
+/// The schema, one step per entry. Append only: a released step is never edited, because
+/// stores in the field have already run it.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE users (
+    id              TEXT PRIMARY KEY,
+    username        TEXT NOT NULL,
+    realname        TEXT,
+    email           TEXT,
+    notes           TEXT,
+    status          TEXT NOT NULL CHECK (status IN ('active', 'bypass', 'disabled')),
+    lockout_reason  TEXT,
+    lockout_since   INTEGER,
+    failed_attempts INTEGER NOT NULL DEFAULT 0 CHECK (failed_attempts >= 0),
+    created_at      INTEGER NOT NULL,
+    last_login      INTEGER,
+    trashed_at      INTEGER
+) STRICT;
+CREATE INDEX users_trashed ON users (trashed_at) WHERE trashed_at IS NOT NULL;
+
+-- Usernames and aliases share one key space: a name is unique across both.
+CREATE TABLE logins (
+    key      TEXT PRIMARY KEY,
+    user_id  TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL CHECK (position BETWEEN 0 AND 8),
+    name     TEXT NOT NULL,
+    UNIQUE (user_id, position)
+) STRICT;
+
+CREATE TABLE devices (
+    id         TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL CHECK (kind IN ('phone', 'token', 'webauthn', 'other')),
+    name       TEXT,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX devices_user ON devices (user_id);
+
+-- A code is stored only as its keyed digest.
+CREATE TABLE codes (
+    id             TEXT PRIMARY KEY,
+    user_id        TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    digest         BLOB NOT NULL CHECK (length(digest) = 32),
+    scheme         INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    expires_at     INTEGER,
+    uses_remaining INTEGER CHECK (uses_remaining IS NULL OR uses_remaining > 0),
+    reuse_count    INTEGER NOT NULL CHECK (reuse_count >= 0),
+    UNIQUE (user_id, digest)
+) STRICT;
+
+-- Nothing may extend a code: not its expiry, not its uses, not whose it is.
+CREATE TRIGGER codes_never_extended BEFORE UPDATE ON codes
+WHEN NEW.expires_at IS NOT OLD.expires_at
+  OR NEW.user_id IS NOT OLD.user_id
+  OR NEW.digest IS NOT OLD.digest
+  OR NEW.reuse_count IS NOT OLD.reuse_count
+  OR (OLD.uses_remaining IS NULL AND NEW.uses_remaining IS NOT NULL)
+  OR (OLD.uses_remaining IS NOT NULL AND (NEW.uses_remaining IS NULL OR NEW.uses_remaining > OLD.uses_remaining))
+BEGIN
+    SELECT RAISE(ABORT, 'a code''s expiry and uses can never be extended');
+END;
+
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    time        INTEGER NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    user_id     TEXT,
+    username    TEXT,
+    code_id     TEXT,
+    outcome     TEXT NOT NULL,
+    reason      TEXT,
+    src_address TEXT,
+    src_station TEXT,
+    src_nas     TEXT,
+    src_tty     TEXT,
+    detail      TEXT
+) STRICT;
+CREATE INDEX audit_user ON audit (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX audit_time ON audit (time);
+"#];
+
+/// A SQLite database file (or an in-memory one, for tests).
+#[derive(Debug)]
+pub struct SqliteBackend {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteBackend {
+    /// Creates a new database file (mode 0600) with the current schema; refuses to
+    /// overwrite an existing file.
+    pub fn create(config: &StoreConfig) -> Result<Self> {
+        let path = &config.path;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| Error::Io { path: path.clone(), source })?;
+        Self::open(config)
+    }
+
+    /// Opens an existing database and brings its schema up to date. A missing file is an
+    /// error: a store that vanished must not be silently replaced by an empty one.
+    pub fn open(config: &StoreConfig) -> Result<Self> {
+        let path = &config.path;
+        let err = |e: rusqlite::Error| store_error(path, e);
+        if !path.exists() {
+            return Err(Error::Store(format!("{}: no such file (create it with `sparekey init`)", path.display())));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(err)?;
+        conn.busy_timeout(Duration::from_millis(u64::from(config.busy_timeout_ms))).map_err(err)?;
+        let sync = match config.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!("PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync};")).map_err(err)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Store(format!("{}: cannot use WAL journal (got {mode})", path.display())));
+        }
+        let mut b = SqliteBackend { conn, path: path.clone() };
+        b.migrate()?;
+        Ok(b)
+    }
+
+    /// A private in-memory database with the current schema.
+    pub fn in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        let mut b = SqliteBackend { conn, path: PathBuf::from(":memory:") };
+        b.migrate()?;
+        Ok(b)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| store_error(&path, e);
+        let current: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let target = MIGRATIONS.len() as i64;
+        if current == target {
+            return Ok(());
+        }
+        if current > target {
+            return Err(Error::Store(format!(
+                "{}: schema version {current} is newer than this program's ({target})",
+                path.display()
+            )));
+        }
+        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(err)?;
+        // Another process may have migrated while this one waited for the lock.
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+            tx.execute_batch(step).map_err(err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Checks the database file's structure (`PRAGMA integrity_check`).
+    pub fn integrity_check(&mut self) -> Result<()> {
+        let r: String = self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if r == "ok" { Ok(()) } else { Err(Error::Store(format!("{}: integrity check: {r}", self.path.display()))) }
+    }
+}
+
+fn store_error(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Store(format!("{}: {e}", path.display()))
+}
+
+impl Backend for SqliteBackend {
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
+        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(|e| store_error(&self.path, e))?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>> {
+        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Deferred).map_err(|e| store_error(&self.path, e))?;
+        Ok(Box::new(SqliteTx { tx }))
+    }
+
+    fn normalization(&mut self) -> Result<Option<Normalization>> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'username_normalization'", [], |r| r.get(0))
+            .optional()?;
+        match v.as_deref() {
+            None => Ok(None),
+            Some("simple") => Ok(Some(Normalization::Simple)),
+            Some("none") => Ok(Some(Normalization::None)),
+            Some(other) => Err(Error::Store(format!("unknown username_normalization {other:?} in store"))),
+        }
+    }
+
+    fn set_normalization(&mut self, n: Normalization) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('username_normalization', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [n.as_str()],
+        )?;
+        Ok(())
+    }
+}
+
+struct SqliteTx<'a> {
+    tx: Transaction<'a>,
+}
+
+const USER_COLUMNS: &str = "id, username, realname, email, notes, status, lockout_reason, lockout_since, \
+                            failed_attempts, created_at, last_login, trashed_at";
+const CODE_COLUMNS: &str =
+    "id, user_id, digest, scheme, created_at, created_by, expires_at, uses_remaining, reuse_count";
+const DEVICE_COLUMNS: &str = "id, user_id, kind, name, created_at";
+
+/// Turns a stored text column back into a typed value; a bad value is a corrupt store.
+fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let s: String = row.get(i)?;
+    s.parse().map_err(|_| rusqlite::Error::InvalidColumnType(i, format!("unexpected value {s:?}"), rusqlite::types::Type::Text))
+}
+
+fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let username: String = row.get(1)?;
+    let lockout = match (row.get::<_, Option<String>>(6)?, row.get::<_, Option<i64>>(7)?) {
+        (Some(reason), Some(since)) => Some(Lockout { reason, since }),
+        _ => None,
+    };
+    Ok(User {
+        id: UserId::from_string(row.get::<_, String>(0)?),
+        username: Username::parse(&username)
+            .map_err(|_| rusqlite::Error::InvalidColumnType(1, "username".into(), rusqlite::types::Type::Text))?,
+        aliases: Vec::new(),
+        realname: row.get(2)?,
+        email: row.get(3)?,
+        notes: row.get(4)?,
+        status: parsed::<Status>(row, 5)?,
+        lockout,
+        failed_attempts: row.get(8)?,
+        created_at: row.get(9)?,
+        last_login: row.get(10)?,
+        trashed_at: row.get(11)?,
+    })
+}
+
+fn code_row(row: &Row<'_>) -> rusqlite::Result<CodeRecord> {
+    let digest: Vec<u8> = row.get(2)?;
+    let digest: [u8; 32] = digest
+        .try_into()
+        .map_err(|_| rusqlite::Error::InvalidColumnType(2, "digest".into(), rusqlite::types::Type::Blob))?;
+    Ok(CodeRecord {
+        id: CodeId::from_string(row.get::<_, String>(0)?),
+        user_id: UserId::from_string(row.get::<_, String>(1)?),
+        digest,
+        scheme: row.get(3)?,
+        created_at: row.get(4)?,
+        created_by: row.get(5)?,
+        expires_at: row.get(6)?,
+        uses_remaining: row.get(7)?,
+        reuse_count: row.get(8)?,
+    })
+}
+
+fn device_row(row: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: DeviceId::from_string(row.get::<_, String>(0)?),
+        user_id: UserId::from_string(row.get::<_, String>(1)?),
+        kind: parsed(row, 2)?,
+        name: row.get(3)?,
+        created_at: row.get(4)?,
+    })
+}
+
+fn audit_row(row: &Row<'_>) -> rusqlite::Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: row.get(0)?,
+        time: row.get(1)?,
+        actor: row.get(2)?,
+        action: row.get(3)?,
+        user_id: row.get(4)?,
+        username: row.get(5)?,
+        code_id: row.get(6)?,
+        outcome: row.get(7)?,
+        reason: row.get(8)?,
+        source: Source { address: row.get(9)?, station: row.get(10)?, nas: row.get(11)?, tty: row.get(12)? },
+        detail: row.get(13)?,
+    })
+}
+
+impl SqliteTx<'_> {
+    fn with_aliases(&mut self, mut user: User) -> Result<User> {
+        let mut st = self.tx.prepare_cached("SELECT name FROM logins WHERE user_id = ?1 AND position > 0 ORDER BY position")?;
+        let names = st.query_map([user.id.as_str()], |r| r.get::<_, String>(0))?;
+        for n in names {
+            let n = n?;
+            user.aliases.push(Username::parse(&n).map_err(|_| Error::Store(format!("bad alias {n:?} in store")))?);
+        }
+        Ok(user)
+    }
+
+    fn write_logins(&mut self, user: &User, keys: &[LoginKey]) -> Result<()> {
+        let names = std::iter::once(&user.username).chain(&user.aliases);
+        let mut st = self.tx.prepare_cached("INSERT INTO logins (key, user_id, position, name) VALUES (?1, ?2, ?3, ?4)")?;
+        for (pos, (key, name)) in keys.iter().zip(names).enumerate() {
+            st.execute(params![key.as_str(), user.id.as_str(), pos as i64, name.as_str()]).map_err(|e| conflict(e, key))?;
+        }
+        Ok(())
+    }
+}
+
+fn conflict(e: rusqlite::Error, key: &LoginKey) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::Conflict(format!("name {} is already used", key.as_str()))
+        }
+        e => e.into(),
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    fn commit(self: Box<Self>) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
+
+    fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>> {
+        let mut st = self.tx.prepare_cached("SELECT user_id FROM logins WHERE key = ?1")?;
+        Ok(st.query_row([key.as_str()], |r| r.get::<_, String>(0)).optional()?.map(UserId::from_string))
+    }
+
+    fn user(&mut self, id: &UserId) -> Result<Option<User>> {
+        let user = {
+            let mut st = self.tx.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?;
+            st.query_row([id.as_str()], user_row).optional()?
+        };
+        user.map(|u| self.with_aliases(u)).transpose()
+    }
+
+    fn insert_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
+        let mut st = self.tx.prepare_cached(&format!(
+            "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))?;
+        st.execute(params![
+            u.id.as_str(),
+            u.username.as_str(),
+            u.realname,
+            u.email,
+            u.notes,
+            u.status.as_str(),
+            u.lockout.as_ref().map(|l| &l.reason),
+            u.lockout.as_ref().map(|l| l.since),
+            u.failed_attempts,
+            u.created_at,
+            u.last_login,
+            u.trashed_at,
+        ])?;
+        drop(st);
+        self.write_logins(u, keys)
+    }
+
+    fn update_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
+        self.tx
+            .prepare_cached("UPDATE users SET username = ?2, realname = ?3, email = ?4, notes = ?5, status = ?6 WHERE id = ?1")?
+            .execute(params![u.id.as_str(), u.username.as_str(), u.realname, u.email, u.notes, u.status.as_str()])?;
+        self.tx.prepare_cached("DELETE FROM logins WHERE user_id = ?1")?.execute([u.id.as_str()])?;
+        self.write_logins(u, keys)?;
+        self.update_user_state(u)
+    }
+
+    fn update_user_state(&mut self, u: &User) -> Result<()> {
+        let mut st = self.tx.prepare_cached(
+            "UPDATE users SET lockout_reason = ?2, lockout_since = ?3, failed_attempts = ?4, last_login = ?5,
+             trashed_at = ?6 WHERE id = ?1",
+        )?;
+        st.execute(params![
+            u.id.as_str(),
+            u.lockout.as_ref().map(|l| &l.reason),
+            u.lockout.as_ref().map(|l| l.since),
+            u.failed_attempts,
+            u.last_login,
+            u.trashed_at,
+        ])?;
+        Ok(())
+    }
+
+    fn delete_user(&mut self, id: &UserId) -> Result<()> {
+        self.tx.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id.as_str()])?;
+        Ok(())
+    }
+
+    fn list_users(&mut self, f: &UserFilter) -> Result<Vec<User>> {
+        let users: Vec<User> = {
+            let mut st = self.tx.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users
+                 WHERE (?1 IS NULL OR status = ?1)
+                   AND (?2 IS NULL OR (trashed_at IS NOT NULL) = ?2)
+                   AND (?3 = 0 OR lockout_reason IS NOT NULL)
+                 ORDER BY username, id"
+            ))?;
+            st.query_map(params![f.status.map(Status::as_str), f.trashed, f.locked], user_row)?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        users.into_iter().map(|u| self.with_aliases(u)).collect()
+    }
+
+    fn trashed_before(&mut self, t: i64) -> Result<Vec<UserId>> {
+        let mut st = self.tx.prepare_cached("SELECT id FROM users WHERE trashed_at IS NOT NULL AND trashed_at <= ?1")?;
+        let ids = st.query_map([t], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(ids.into_iter().map(UserId::from_string).collect())
+    }
+
+    fn devices(&mut self, user: &UserId) -> Result<Vec<Device>> {
+        let mut st =
+            self.tx.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 ORDER BY created_at, id"))?;
+        Ok(st.query_map([user.as_str()], device_row)?.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn device_count(&mut self, user: &UserId) -> Result<u64> {
+        let mut st = self.tx.prepare_cached("SELECT count(*) FROM devices WHERE user_id = ?1")?;
+        Ok(st.query_row([user.as_str()], |r| r.get::<_, i64>(0))?.max(0) as u64)
+    }
+
+    fn insert_device(&mut self, d: &Device) -> Result<()> {
+        let mut st = self.tx.prepare_cached(&format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"))?;
+        st.execute(params![d.id.as_str(), d.user_id.as_str(), d.kind.as_str(), d.name, d.created_at])?;
+        Ok(())
+    }
+
+    fn delete_device(&mut self, user: &UserId, id: &DeviceId) -> Result<bool> {
+        let mut st = self.tx.prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND id = ?2")?;
+        Ok(st.execute([user.as_str(), id.as_str()])? > 0)
+    }
+
+    fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>> {
+        let mut st =
+            self.tx.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE user_id = ?1 ORDER BY created_at, id"))?;
+        Ok(st.query_map([user.as_str()], code_row)?.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn all_codes(&mut self) -> Result<Vec<CodeRecord>> {
+        let mut st = self.tx.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes ORDER BY created_at, id"))?;
+        Ok(st.query_map([], code_row)?.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>> {
+        let mut st = self.tx.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE id = ?1"))?;
+        Ok(st.query_row([id.as_str()], code_row).optional()?)
+    }
+
+    fn insert_code(&mut self, c: &CodeRecord) -> Result<()> {
+        let mut st = self
+            .tx
+            .prepare_cached(&format!("INSERT INTO codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
+        st.execute(params![
+            c.id.as_str(),
+            c.user_id.as_str(),
+            &c.digest[..],
+            c.scheme,
+            c.created_at,
+            c.created_by,
+            c.expires_at,
+            c.uses_remaining,
+            c.reuse_count,
+        ])?;
+        Ok(())
+    }
+
+    fn set_code_uses(&mut self, id: &CodeId, uses: u32) -> Result<()> {
+        self.tx.prepare_cached("UPDATE codes SET uses_remaining = ?2 WHERE id = ?1")?.execute(params![id.as_str(), uses])?;
+        Ok(())
+    }
+
+    fn delete_code(&mut self, id: &CodeId) -> Result<bool> {
+        Ok(self.tx.prepare_cached("DELETE FROM codes WHERE id = ?1")?.execute([id.as_str()])? > 0)
+    }
+
+    fn delete_codes_of(&mut self, user: &UserId) -> Result<u64> {
+        Ok(self.tx.prepare_cached("DELETE FROM codes WHERE user_id = ?1")?.execute([user.as_str()])? as u64)
+    }
+
+    fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64> {
+        let n = match user {
+            Some(u) => self
+                .tx
+                .prepare_cached("DELETE FROM codes WHERE user_id = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2")?
+                .execute(params![u.as_str(), now])?,
+            None => self
+                .tx
+                .prepare_cached("DELETE FROM codes WHERE expires_at IS NOT NULL AND expires_at <= ?1")?
+                .execute([now])?,
+        };
+        Ok(n as u64)
+    }
+
+    fn append_audit(&mut self, e: &AuditEvent) -> Result<()> {
+        let mut st = self.tx.prepare_cached(
+            "INSERT INTO audit (time, actor, action, user_id, username, code_id, outcome, reason,
+                                src_address, src_station, src_nas, src_tty, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        st.execute(params![
+            e.time,
+            e.actor,
+            e.action,
+            e.user_id,
+            e.username,
+            e.code_id,
+            e.outcome,
+            e.reason,
+            e.source.address,
+            e.source.station,
+            e.source.nas,
+            e.source.tty,
+            e.detail,
+        ])?;
+        Ok(())
+    }
+
+    fn audit(&mut self, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
+        let mut st = self.tx.prepare_cached(
+            "SELECT * FROM (
+                SELECT id, time, actor, action, user_id, username, code_id, outcome, reason,
+                       src_address, src_station, src_nas, src_tty, detail
+                FROM audit
+                WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR action = ?2)
+                  AND (?3 IS NULL OR outcome = ?3) AND (?4 IS NULL OR actor = ?4)
+                  AND (?5 IS NULL OR time >= ?5) AND (?6 IS NULL OR time < ?6)
+                ORDER BY id DESC LIMIT ?7
+             ) ORDER BY id",
+        )?;
+        let limit = f.limit.map_or(-1, i64::from);
+        let rows = st.query_map(params![f.user_id, f.action, f.outcome, f.actor, f.since, f.until, limit], audit_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
