@@ -10,10 +10,10 @@
 use serde::Serialize;
 use std::io::{Read, Write};
 
-use crate::audit::{Context, outcome};
+use crate::audit::{Context, outcome, sanitize};
 use crate::error::{Error, Result};
-use crate::model::{Device, DeviceId, DeviceKind, Status, User, Username, check_text};
-use crate::store::{self, Env, NewUser, Store, Tx, UserFilter, UserUpdate};
+use crate::model::{Device, DeviceKind, Status, User, Username, check_text};
+use crate::store::{self, Batch, NewUser, Store, UserFilter, UserUpdate};
 
 /// The columns an import file may have, in the order export writes them.
 pub const COLUMNS: [&str; 7] = ["username", "aliases", "realname", "email", "status", "notes", "devices"];
@@ -51,7 +51,7 @@ pub fn parse_csv(input: impl Read) -> std::result::Result<Vec<ImportRow>, Vec<(u
         match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(h.trim())) {
             Some(c) if index[c].is_none() => index[c] = Some(i),
             Some(_) => bad.push((1, format!("column {:?} appears twice", h))),
-            None => bad.push((1, format!("unknown column {:?}; expected some of {}", crate::audit::sanitize(h, 64), COLUMNS.join(",")))),
+            None => bad.push((1, format!("unknown column {:?}; expected some of {}", sanitize(h, 64), COLUMNS.join(",")))),
         }
     }
     if index[0].is_none() {
@@ -210,26 +210,29 @@ impl Store {
     /// real run would do.
     pub fn import(&mut self, file: &str, rows: &[ImportRow], dry_run: bool, ctx: &Context) -> Result<ImportReport> {
         let mut report = ImportReport { dry_run, ..ImportReport::default() };
-        let mut bad = Vec::new();
-        self.write_then(!dry_run, |tx, env| {
+        self.write_then(!dry_run, ctx, |batch| {
+            let mut bad = Vec::new();
             for row in rows {
-                if let Err(e) = import_row(tx, env, row, ctx, &mut report) {
-                    if !matches!(e, Error::Invalid { .. } | Error::Conflict(_) | Error::Limit(_) | Error::NotFound(_)) {
-                        return Err(e);
+                match import_row(batch, row) {
+                    Ok(Some(change)) => change.record(&mut report),
+                    Ok(None) => report.unchanged += 1,
+                    Err(e @ (Error::Invalid { .. } | Error::Conflict(_) | Error::Limit(_) | Error::NotFound(_))) => {
+                        bad.push((row.line, e.to_string()));
                     }
-                    bad.push((row.line, e.to_string()));
+                    Err(e) => return Err(e),
                 }
             }
             if !bad.is_empty() {
-                return Err(Error::Import { file: file.to_owned(), rows: std::mem::take(&mut bad) });
+                return Err(Error::Import { file: file.to_owned(), rows: bad });
             }
             let detail = format!(
                 "file={} created={} updated={} devices_added={}",
-                crate::audit::sanitize(file, 128),
+                sanitize(file, 128),
                 report.created.len(),
                 report.updated.len(),
                 report.devices_added.len()
             );
+            let (tx, env, ctx) = batch.parts();
             store::audit(tx, env, ctx, "import", None, None, outcome::OK, None, Some(detail))
         })?;
         Ok(report)
@@ -237,7 +240,7 @@ impl Store {
 
     /// Every user not in the trash, with their devices.
     pub fn export(&mut self) -> Result<Vec<ExportedUser>> {
-        self.read_with(|tx, _| {
+        self.read(|tx, _| {
             let users = tx.list_users(&UserFilter { trashed: Some(false), ..UserFilter::default() })?;
             users
                 .into_iter()
@@ -247,19 +250,36 @@ impl Store {
     }
 }
 
-fn import_row(tx: &mut dyn Tx, env: &Env<'_>, row: &ImportRow, ctx: &Context, report: &mut ImportReport) -> Result<()> {
-    let existing = match tx.user_id_by_login(&row.username.key(env.normalization()))? {
-        Some(id) => tx.user(&id)?,
-        None => None,
-    };
-    let user = match existing {
-        Some(u) if u.username.key(env.normalization()) != row.username.key(env.normalization()) => {
+/// What one row changed.
+struct RowChange {
+    username: String,
+    created: bool,
+    updated: Vec<&'static str>,
+    devices: Vec<String>,
+}
+
+impl RowChange {
+    fn record(self, report: &mut ImportReport) {
+        if self.created {
+            report.created.push(self.username.clone());
+        } else if !self.updated.is_empty() {
+            report.updated.push((self.username.clone(), self.updated));
+        }
+        report.devices_added.extend(self.devices.into_iter().map(|d| (self.username.clone(), d)));
+    }
+}
+
+/// Applies one row; `None` if it changed nothing.
+fn import_row(batch: &mut Batch<'_>, row: &ImportRow) -> Result<Option<RowChange>> {
+    let name = row.username.as_str();
+    let (user, created, updated) = match batch.find_user(name) {
+        Ok(u) if u.username.key(batch.normalization()) != row.username.key(batch.normalization()) => {
             return Err(Error::Conflict(format!("{} is an alias of user {}", row.username, u.username)));
         }
-        Some(u) if u.trashed_at.is_some() => {
+        Ok(u) if u.trashed_at.is_some() => {
             return Err(Error::Conflict(format!("user {} is in the trash", u.username)));
         }
-        Some(u) => {
+        Ok(u) => {
             let update = UserUpdate {
                 aliases: row.aliases.as_ref().map(|a| a.iter().map(|n| n.to_string()).collect()),
                 realname: row.realname.clone(),
@@ -268,14 +288,12 @@ fn import_row(tx: &mut dyn Tx, env: &Env<'_>, row: &ImportRow, ctx: &Context, re
                 status: row.status,
                 ..UserUpdate::default()
             };
-            let (u, changed) = store::update_user_in(tx, env, u, update)?;
-            if !changed.is_empty() {
-                store::audit(tx, env, ctx, "user.update", Some(&u), None, outcome::OK, None, Some(changed.join(",")))?;
-                report.updated.push((u.username.to_string(), changed));
+            if update.is_empty() { (u, false, Vec::new()) } else {
+                let (u, changed) = batch.update_user(name, update)?;
+                (u, false, changed)
             }
-            u
         }
-        None => {
+        Err(e) if e.is_not_found() => {
             let new = NewUser {
                 username: row.username.to_string(),
                 aliases: row.aliases.iter().flatten().map(|n| n.to_string()).collect(),
@@ -284,34 +302,24 @@ fn import_row(tx: &mut dyn Tx, env: &Env<'_>, row: &ImportRow, ctx: &Context, re
                 notes: row.notes.clone(),
                 status: row.status,
             };
-            let u = store::add_user_in(tx, env, new)?;
-            store::audit(tx, env, ctx, "user.add", Some(&u), None, outcome::OK, None, Some("import".into()))?;
-            report.created.push(u.username.to_string());
-            u
+            (batch.add_user(new)?, true, Vec::new())
         }
+        Err(e) => return Err(e),
     };
-    let mut added = false;
-    if let Some(devices) = &row.devices {
-        let mut have = tx.devices(&user.id)?;
-        for (kind, label) in devices {
+    let mut devices = Vec::new();
+    if let Some(wanted) = &row.devices {
+        let mut have = batch.devices(&user)?;
+        for (kind, label) in wanted {
             if have.iter().any(|d| d.kind == *kind && d.name == *label) {
                 continue;
             }
-            let d = Device { id: DeviceId::generate()?, user_id: user.id.clone(), kind: *kind, name: label.clone(), created_at: env.now };
-            tx.insert_device(&d)?;
-            let detail = format!("device={} kind={kind} import", d.id);
-            store::audit(tx, env, ctx, "device.add", Some(&user), None, outcome::OK, None, Some(detail))?;
-            report.devices_added.push((user.username.to_string(), device_cell(&d)));
+            let d = batch.add_device(name, *kind, label.clone())?;
+            devices.push(device_cell(&d));
             have.push(d);
-            added = true;
         }
     }
-    let touched = report.created.last().is_some_and(|n| *n == user.username.as_str())
-        || report.updated.last().is_some_and(|(n, _)| *n == user.username.as_str());
-    if !touched && !added {
-        report.unchanged += 1;
-    }
-    Ok(())
+    let changed = created || !updated.is_empty() || !devices.is_empty();
+    Ok(changed.then(|| RowChange { username: user.username.to_string(), created, updated, devices }))
 }
 
 fn device_cell(d: &Device) -> String {

@@ -10,7 +10,7 @@ pub use sqlite::SqliteBackend;
 
 use std::sync::Arc;
 
-use crate::audit::{AuditEvent, AuditFilter, Context, outcome};
+use crate::audit::{AuditEvent, AuditFilter, Context, outcome, sanitize};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Policy};
 use crate::digest::{DigestKey, SCHEME_V1};
@@ -160,7 +160,8 @@ pub struct UserUpdate {
 }
 
 impl UserUpdate {
-    fn is_empty(&self) -> bool {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
         self.username.is_none()
             && self.aliases.is_none()
             && self.add_aliases.is_empty()
@@ -281,17 +282,23 @@ impl Store {
         &self.policy
     }
 
-    /// Runs `f` in one write transaction and commits if it succeeds.
-    fn write<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
-        self.write_then(true, f)
+    /// Runs `f` in one write transaction: every operation of the [`Batch`] and its audit
+    /// events commit together when `f` succeeds, or not at all.
+    pub fn batch<R>(&mut self, ctx: &Context, f: impl FnOnce(&mut Batch<'_>) -> Result<R>) -> Result<R> {
+        self.write_then(true, ctx, f)
     }
 
     /// Runs `f` in one write transaction; commits if it succeeds and `commit` is set, and
     /// rolls back otherwise (a dry run does every step and keeps none).
-    pub(crate) fn write_then<R>(&mut self, commit: bool, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
+    pub(crate) fn write_then<R>(
+        &mut self,
+        commit: bool,
+        ctx: &Context,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<R>,
+    ) -> Result<R> {
         let env = Env { key: &self.key, policy: &self.policy, now: self.clock.now() };
         let mut tx = self.backend.begin()?;
-        let r = f(&mut *tx, &env)?;
+        let r = f(&mut Batch { tx: &mut *tx, env: &env, ctx })?;
         if commit {
             tx.commit()?;
         }
@@ -299,7 +306,7 @@ impl Store {
     }
 
     /// Runs `f` in one read transaction.
-    fn read<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
+    pub(crate) fn read<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
         let env = Env { key: &self.key, policy: &self.policy, now: self.clock.now() };
         let mut tx = self.backend.begin_read()?;
         f(&mut *tx, &env)
@@ -310,7 +317,7 @@ impl Store {
     /// consumes a use on success and audits the attempt. An `Err` means the store failed:
     /// the caller must deny.
     pub fn verify(&mut self, login: &str, passcode: &str, ctx: &Context) -> Result<Verdict> {
-        self.write(|tx, env| verify::verify_in(tx, env, login, passcode, ctx))
+        self.batch(ctx, |b| b.verify(login, passcode))
     }
 
     /// Finds a user by username, alias or id, trashed users included.
@@ -325,89 +332,37 @@ impl Store {
 
     /// Adds a user.
     pub fn add_user(&mut self, new: NewUser, ctx: &Context) -> Result<User> {
-        self.write(|tx, env| {
-            let user = add_user_in(tx, env, new)?;
-            audit(tx, env, ctx, "user.add", Some(&user), None, outcome::OK, None, None)?;
-            Ok(user)
-        })
+        self.batch(ctx, |b| b.add_user(new))
     }
 
     /// Changes a user's names, details or status.
     pub fn update_user(&mut self, name: &str, update: UserUpdate, ctx: &Context) -> Result<User> {
-        if update.is_empty() {
-            return Err(Error::invalid("update", "nothing to change"));
-        }
-        self.write(|tx, env| {
-            let user = find(tx, env, name)?;
-            let (user, changed) = update_user_in(tx, env, user, update)?;
-            audit(tx, env, ctx, "user.update", Some(&user), None, outcome::OK, None, Some(changed.join(",")))?;
-            Ok(user)
-        })
+        self.batch(ctx, |b| b.update_user(name, update).map(|(u, _)| u))
     }
 
-    /// Moves a user to the trash: they cannot log in until restored, and are purged after
-    /// the retention period.
+    /// Moves a user to the trash.
     pub fn trash_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
-        self.write(|tx, env| {
-            let mut user = find(tx, env, name)?;
-            if user.trashed_at.is_some() {
-                return Err(Error::Conflict(format!("user {} is already in the trash", user.username)));
-            }
-            user.trashed_at = Some(env.now);
-            tx.update_user_state(&user)?;
-            audit(tx, env, ctx, "user.delete", Some(&user), None, outcome::OK, None, None)?;
-            Ok(user)
-        })
+        self.batch(ctx, |b| b.trash_user(name))
     }
 
-    /// Brings a user back from the trash with their devices and codes.
+    /// Brings a user back from the trash.
     pub fn restore_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
-        self.write(|tx, env| {
-            let mut user = find(tx, env, name)?;
-            if user.trashed_at.is_none() {
-                return Err(Error::Conflict(format!("user {} is not in the trash", user.username)));
-            }
-            user.trashed_at = None;
-            tx.update_user_state(&user)?;
-            audit(tx, env, ctx, "user.restore", Some(&user), None, outcome::OK, None, None)?;
-            Ok(user)
-        })
+        self.batch(ctx, |b| b.restore_user(name))
     }
 
     /// Removes a user now, with their devices and codes.
     pub fn purge_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
-        self.write(|tx, env| {
-            let user = find(tx, env, name)?;
-            tx.delete_user(&user.id)?;
-            audit(tx, env, ctx, "user.purge", Some(&user), None, outcome::OK, None, None)?;
-            Ok(user)
-        })
+        self.batch(ctx, |b| b.purge_user(name))
     }
 
     /// Clears a lockout and the failure counter.
     pub fn unlock_user(&mut self, name: &str, ctx: &Context) -> Result<User> {
-        self.write(|tx, env| {
-            let mut user = find(tx, env, name)?;
-            let was = user.lockout.take();
-            user.failed_attempts = 0;
-            tx.update_user_state(&user)?;
-            let detail = if was.is_some() { "was locked out" } else { "was not locked out" };
-            audit(tx, env, ctx, "user.unlock", Some(&user), None, outcome::OK, None, Some(detail.into()))?;
-            Ok(user)
-        })
+        self.batch(ctx, |b| b.unlock_user(name))
     }
 
     /// Enrols a device.
     pub fn add_device(&mut self, name: &str, kind: DeviceKind, label: Option<String>, ctx: &Context) -> Result<Device> {
-        let label = check_text("name", label)?;
-        self.write(|tx, env| {
-            let user = find_live(tx, env, name)?;
-            let device = Device { id: DeviceId::generate()?, user_id: user.id.clone(), kind, name: label, created_at: env.now };
-            tx.insert_device(&device)?;
-            let detail = format!("device={} kind={}", device.id, kind);
-            audit(tx, env, ctx, "device.add", Some(&user), None, outcome::OK, None, Some(detail))?;
-            Ok(device)
-        })
+        self.batch(ctx, |b| b.add_device(name, kind, label))
     }
 
     /// A user's devices.
@@ -420,54 +375,17 @@ impl Store {
 
     /// Removes a device.
     pub fn remove_device(&mut self, name: &str, device: &str, ctx: &Context) -> Result<()> {
-        self.write(|tx, env| {
-            let user = find(tx, env, name)?;
-            let id = DeviceId::from_string(device);
-            if !tx.delete_device(&user.id, &id)? {
-                return Err(Error::NotFound(format!("device {} of user {}", crate::audit::sanitize(device, 64), user.username)));
-            }
-            audit(tx, env, ctx, "device.remove", Some(&user), None, outcome::OK, None, Some(format!("device={id}")))
-        })
+        self.batch(ctx, |b| b.remove_device(name, device))
     }
 
     /// Issues bypass codes.
     pub fn generate_codes(&mut self, name: &str, req: CodeRequest, ctx: &Context) -> Result<Issued> {
-        check_request(&req)?;
-        self.write(|tx, env| {
-            let user = find_live(tx, env, name)?;
-            let issued = issue_in(tx, env, &user, &req, &ctx.actor)?;
-            let detail = format!(
-                "count={} custom={} reuse_count={} valid_secs={} preserve_existing={} replaced={}",
-                issued.codes.len(),
-                !req.codes.is_empty(),
-                req.reuse_count,
-                req.valid_secs,
-                req.preserve_existing,
-                issued.replaced
-            );
-            for c in &issued.codes {
-                audit(tx, env, ctx, "code.generate", Some(&user), Some(&c.info.id), outcome::OK, None, Some(detail.clone()))?;
-            }
-            Ok(issued)
-        })
+        self.batch(ctx, |b| b.generate_codes(name, &req))
     }
 
-    /// Issues an 8-digit temporary OTP (OneLogin's semantics): valid at most 72 hours,
-    /// one use or, if `reusable`, any number within its validity. It keeps existing codes.
+    /// Issues an 8-digit temporary OTP; see [`Batch::temp_code`].
     pub fn temp_code(&mut self, name: &str, valid_secs: u64, reusable: bool, ctx: &Context) -> Result<IssuedCode> {
-        if valid_secs == 0 || valid_secs > MAX_TEMP_VALID_SECS {
-            return Err(Error::invalid("valid-for", "must be more than 0 and at most 72h"));
-        }
-        let req = CodeRequest {
-            count: 1,
-            codes: Vec::new(),
-            reuse_count: if reusable { 0 } else { 1 },
-            valid_secs,
-            preserve_existing: true,
-            length: passcode::TEMP_LEN,
-        };
-        let mut issued = self.generate_codes(name, req, ctx)?;
-        issued.codes.pop().ok_or_else(|| Error::Store("no code was issued".into()))
+        self.batch(ctx, |b| b.temp_code(name, valid_secs, reusable))
     }
 
     /// Codes' metadata: one user's, or everyone's. Expired codes are left out.
@@ -486,48 +404,275 @@ impl Store {
 
     /// Revokes one code.
     pub fn delete_code(&mut self, id: &str, ctx: &Context) -> Result<CodeInfo> {
-        self.write(|tx, env| {
-            let id = CodeId::from_string(id);
-            let code = tx.code(&id)?.ok_or_else(|| Error::NotFound(format!("code {}", crate::audit::sanitize(id.as_str(), 64))))?;
-            tx.delete_code(&id)?;
-            let user = tx.user(&code.user_id)?;
-            audit(tx, env, ctx, "code.delete", user.as_ref(), Some(&id), outcome::OK, None, None)?;
-            Ok(code.info())
-        })
+        self.batch(ctx, |b| b.delete_code(id))
     }
 
     /// Drops expired codes and removes users past the trash retention.
     pub fn purge(&mut self, ctx: &Context) -> Result<PurgeReport> {
-        self.write(|tx, env| {
-            let expired_codes = tx.delete_expired_codes(None, env.now)?;
-            let cutoff = env.now - i64::from(env.policy.trash_retention_days) * 86_400;
-            let mut purged_users = Vec::new();
-            for id in tx.trashed_before(cutoff)? {
-                let user = tx.user(&id)?;
-                tx.delete_user(&id)?;
-                audit(tx, env, ctx, "user.purge", user.as_ref(), None, outcome::OK, Some("trash_retention".into()), None)?;
-                purged_users.push(user.map_or_else(|| id.to_string(), |u| u.username.to_string()));
-            }
-            let detail = format!("expired_codes={expired_codes} users={}", purged_users.len());
-            audit(tx, env, ctx, "purge", None, None, outcome::OK, None, Some(detail))?;
-            Ok(PurgeReport { expired_codes, purged_users })
-        })
+        self.batch(ctx, |b| b.purge())
     }
 
     /// Lists audit events.
     pub fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
         self.read(|tx, _| tx.audit(filter))
     }
+}
 
-    /// Runs `f` in one read transaction (used by export).
-    pub(crate) fn read_with<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
-        self.read(f)
+/// Operations inside one write transaction, each audited under the batch's context.
+/// [`Store`]'s methods run one of these each; [`Store::batch`] runs many, for bulk work.
+pub struct Batch<'a> {
+    tx: &'a mut dyn Tx,
+    env: &'a Env<'a>,
+    ctx: &'a Context,
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("actor", &self.ctx.actor).field("now", &self.env.now).finish()
+    }
+}
+
+impl Batch<'_> {
+    fn audit(&mut self, action: &str, user: Option<&User>, code: Option<&CodeId>, reason: Option<&str>, detail: Option<String>) -> Result<()> {
+        audit(self.tx, self.env, self.ctx, action, user, code, outcome::OK, reason.map(str::to_owned), detail)
+    }
+
+    /// See [`Store::verify`].
+    pub fn verify(&mut self, login: &str, passcode: &str) -> Result<Verdict> {
+        verify::verify_in(self.tx, self.env, login, passcode, self.ctx)
+    }
+
+    /// Finds a user by username, alias or id, trashed users included.
+    pub fn find_user(&mut self, name: &str) -> Result<User> {
+        find(self.tx, self.env, name)
+    }
+
+    /// Adds a user.
+    pub fn add_user(&mut self, new: NewUser) -> Result<User> {
+        let username = Username::parse(&new.username)?;
+        let aliases = parse_names(&new.aliases)?;
+        let keys = check_names(self.tx, self.env, &username, &aliases, None)?;
+        let user = User {
+            id: UserId::generate()?,
+            username,
+            aliases,
+            realname: check_text("realname", new.realname)?,
+            email: check_text("email", new.email)?,
+            notes: check_text("notes", new.notes)?,
+            status: new.status.unwrap_or(Status::Active),
+            lockout: None,
+            failed_attempts: 0,
+            created_at: self.env.now,
+            last_login: None,
+            trashed_at: None,
+        };
+        self.tx.insert_user(&user, &keys)?;
+        self.audit("user.add", Some(&user), None, None, None)?;
+        Ok(user)
+    }
+
+    /// Changes a user; returns the user and the names of the fields that changed.
+    pub fn update_user(&mut self, name: &str, up: UserUpdate) -> Result<(User, Vec<&'static str>)> {
+        if up.is_empty() {
+            return Err(Error::invalid("update", "nothing to change"));
+        }
+        let mut user = find(self.tx, self.env, name)?;
+        let before = user.clone();
+        if let Some(u) = up.username {
+            user.username = Username::parse(&u)?;
+        }
+        if let Some(a) = up.aliases {
+            user.aliases = parse_names(&a)?;
+        }
+        let n = self.env.normalization();
+        for r in parse_names(&up.remove_aliases)? {
+            let len = user.aliases.len();
+            user.aliases.retain(|a| a.key(n) != r.key(n));
+            if user.aliases.len() == len {
+                return Err(Error::NotFound(format!("alias {r} of user {}", user.username)));
+            }
+        }
+        user.aliases.extend(parse_names(&up.add_aliases)?);
+        if let Some(v) = up.realname {
+            user.realname = check_text("realname", Some(v))?;
+        }
+        if let Some(v) = up.email {
+            user.email = check_text("email", Some(v))?;
+        }
+        if let Some(v) = up.notes {
+            user.notes = check_text("notes", Some(v))?;
+        }
+        if let Some(s) = up.status {
+            user.status = s;
+        }
+        let changed: Vec<&'static str> = [
+            ("username", before.username != user.username),
+            ("aliases", before.aliases != user.aliases),
+            ("realname", before.realname != user.realname),
+            ("email", before.email != user.email),
+            ("notes", before.notes != user.notes),
+            ("status", before.status != user.status),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect();
+        if !changed.is_empty() {
+            let keys = check_names(self.tx, self.env, &user.username, &user.aliases, Some(&user.id))?;
+            self.tx.update_user(&user, &keys)?;
+            self.audit("user.update", Some(&user), None, None, Some(changed.join(",")))?;
+        }
+        Ok((user, changed))
+    }
+
+    /// Moves a user to the trash: they cannot log in until restored, and are purged after
+    /// the retention period. Their names stay taken meanwhile.
+    pub fn trash_user(&mut self, name: &str) -> Result<User> {
+        let mut user = find(self.tx, self.env, name)?;
+        if user.trashed_at.is_some() {
+            return Err(Error::Conflict(format!("user {} is already in the trash", user.username)));
+        }
+        user.trashed_at = Some(self.env.now);
+        self.tx.update_user_state(&user)?;
+        self.audit("user.delete", Some(&user), None, None, None)?;
+        Ok(user)
+    }
+
+    /// Brings a user back from the trash with their devices and codes.
+    pub fn restore_user(&mut self, name: &str) -> Result<User> {
+        let mut user = find(self.tx, self.env, name)?;
+        if user.trashed_at.is_none() {
+            return Err(Error::Conflict(format!("user {} is not in the trash", user.username)));
+        }
+        user.trashed_at = None;
+        self.tx.update_user_state(&user)?;
+        self.audit("user.restore", Some(&user), None, None, None)?;
+        Ok(user)
+    }
+
+    /// Removes a user now, with their devices and codes.
+    pub fn purge_user(&mut self, name: &str) -> Result<User> {
+        let user = find(self.tx, self.env, name)?;
+        self.tx.delete_user(&user.id)?;
+        self.audit("user.purge", Some(&user), None, None, None)?;
+        Ok(user)
+    }
+
+    /// Clears a lockout and the failure counter.
+    pub fn unlock_user(&mut self, name: &str) -> Result<User> {
+        let mut user = find(self.tx, self.env, name)?;
+        let was = user.lockout.take();
+        user.failed_attempts = 0;
+        self.tx.update_user_state(&user)?;
+        let detail = if was.is_some() { "was locked out" } else { "was not locked out" };
+        self.audit("user.unlock", Some(&user), None, None, Some(detail.into()))?;
+        Ok(user)
+    }
+
+    /// Enrols a device.
+    pub fn add_device(&mut self, name: &str, kind: DeviceKind, label: Option<String>) -> Result<Device> {
+        let label = check_text("name", label)?;
+        let user = find_live(self.tx, self.env, name)?;
+        let device = Device { id: DeviceId::generate()?, user_id: user.id.clone(), kind, name: label, created_at: self.env.now };
+        self.tx.insert_device(&device)?;
+        self.audit("device.add", Some(&user), None, None, Some(format!("device={} kind={kind}", device.id)))?;
+        Ok(device)
+    }
+
+    /// Removes a device.
+    pub fn remove_device(&mut self, name: &str, device: &str) -> Result<()> {
+        let user = find(self.tx, self.env, name)?;
+        let id = DeviceId::from_string(device);
+        if !self.tx.delete_device(&user.id, &id)? {
+            return Err(Error::NotFound(format!("device {} of user {}", sanitize(device, 64), user.username)));
+        }
+        self.audit("device.remove", Some(&user), None, None, Some(format!("device={id}")))
+    }
+
+    /// Issues bypass codes for a user who is not in the trash. With `preserve_existing`,
+    /// the cap and duplicate checks cover old and new codes together and nothing is
+    /// written unless all pass; otherwise the user's codes are replaced.
+    pub fn generate_codes(&mut self, name: &str, req: &CodeRequest) -> Result<Issued> {
+        check_request(req)?;
+        let user = find_live(self.tx, self.env, name)?;
+        let issued = issue(self.tx, self.env, &user, req, &self.ctx.actor)?;
+        let detail = format!(
+            "count={} custom={} reuse_count={} valid_secs={} preserve_existing={} replaced={}",
+            issued.codes.len(),
+            !req.codes.is_empty(),
+            req.reuse_count,
+            req.valid_secs,
+            req.preserve_existing,
+            issued.replaced
+        );
+        for c in &issued.codes {
+            self.audit("code.generate", Some(&user), Some(&c.info.id), None, Some(detail.clone()))?;
+        }
+        Ok(issued)
+    }
+
+    /// Issues an 8-digit temporary OTP (OneLogin's semantics): valid at most 72 hours,
+    /// one use or, if `reusable`, any number within its validity. It keeps existing codes.
+    pub fn temp_code(&mut self, name: &str, valid_secs: u64, reusable: bool) -> Result<IssuedCode> {
+        if valid_secs == 0 || valid_secs > MAX_TEMP_VALID_SECS {
+            return Err(Error::invalid("valid-for", "must be more than 0 and at most 72h"));
+        }
+        let req = CodeRequest {
+            count: 1,
+            codes: Vec::new(),
+            reuse_count: if reusable { 0 } else { 1 },
+            valid_secs,
+            preserve_existing: true,
+            length: passcode::TEMP_LEN,
+        };
+        let mut issued = self.generate_codes(name, &req)?;
+        issued.codes.pop().ok_or_else(|| Error::Store("no code was issued".into()))
+    }
+
+    /// Revokes one code.
+    pub fn delete_code(&mut self, id: &str) -> Result<CodeInfo> {
+        let id = CodeId::from_string(id);
+        let code = self.tx.code(&id)?.ok_or_else(|| Error::NotFound(format!("code {}", sanitize(id.as_str(), 64))))?;
+        self.tx.delete_code(&id)?;
+        let user = self.tx.user(&code.user_id)?;
+        self.audit("code.delete", user.as_ref(), Some(&id), None, None)?;
+        Ok(code.info())
+    }
+
+    /// Drops expired codes and removes users past the trash retention.
+    pub fn purge(&mut self) -> Result<PurgeReport> {
+        let expired_codes = self.tx.delete_expired_codes(None, self.env.now)?;
+        let cutoff = self.env.now - i64::from(self.env.policy.trash_retention_days) * 86_400;
+        let mut purged_users = Vec::new();
+        for id in self.tx.trashed_before(cutoff)? {
+            let user = self.tx.user(&id)?;
+            self.tx.delete_user(&id)?;
+            self.audit("user.purge", user.as_ref(), None, Some("trash_retention"), None)?;
+            purged_users.push(user.map_or_else(|| id.to_string(), |u| u.username.to_string()));
+        }
+        let detail = format!("expired_codes={expired_codes} users={}", purged_users.len());
+        self.audit("purge", None, None, None, Some(detail))?;
+        Ok(PurgeReport { expired_codes, purged_users })
+    }
+
+    /// The username normalisation in force.
+    pub fn normalization(&self) -> Normalization {
+        self.env.normalization()
+    }
+
+    /// A user's devices.
+    pub fn devices(&mut self, user: &User) -> Result<Vec<Device>> {
+        self.tx.devices(&user.id)
+    }
+
+    /// The transaction and environment, for crate-internal operations (import).
+    pub(crate) fn parts(&mut self) -> (&mut dyn Tx, &Env<'_>, &Context) {
+        (self.tx, self.env, self.ctx)
     }
 }
 
 /// Finds a user by login or id, trashed users included.
 pub(crate) fn find(tx: &mut dyn Tx, env: &Env<'_>, name: &str) -> Result<User> {
-    let not_found = || Error::NotFound(format!("user {}", crate::audit::sanitize(name, 64)));
+    let not_found = || Error::NotFound(format!("user {}", sanitize(name, 64)));
     let id = match LoginKey::from_login(name, env.normalization()) {
         Some(key) => tx.user_id_by_login(&key)?,
         None => None,
@@ -580,81 +725,6 @@ pub(crate) fn parse_names(names: &[String]) -> Result<Vec<Username>> {
     names.iter().map(|a| Username::parse(a)).collect()
 }
 
-pub(crate) fn add_user_in(tx: &mut dyn Tx, env: &Env<'_>, new: NewUser) -> Result<User> {
-    let username = Username::parse(&new.username)?;
-    let aliases = parse_names(&new.aliases)?;
-    let keys = check_names(tx, env, &username, &aliases, None)?;
-    let user = User {
-        id: UserId::generate()?,
-        username,
-        aliases,
-        realname: check_text("realname", new.realname)?,
-        email: check_text("email", new.email)?,
-        notes: check_text("notes", new.notes)?,
-        status: new.status.unwrap_or(Status::Active),
-        lockout: None,
-        failed_attempts: 0,
-        created_at: env.now,
-        last_login: None,
-        trashed_at: None,
-    };
-    tx.insert_user(&user, &keys)?;
-    Ok(user)
-}
-
-/// Applies an update; returns the user and the names of the fields that changed.
-pub(crate) fn update_user_in(
-    tx: &mut dyn Tx,
-    env: &Env<'_>,
-    mut user: User,
-    up: UserUpdate,
-) -> Result<(User, Vec<&'static str>)> {
-    let before = user.clone();
-    if let Some(u) = up.username {
-        user.username = Username::parse(&u)?;
-    }
-    if let Some(a) = up.aliases {
-        user.aliases = parse_names(&a)?;
-    }
-    let n = env.normalization();
-    for r in parse_names(&up.remove_aliases)? {
-        let len = user.aliases.len();
-        user.aliases.retain(|a| a.key(n) != r.key(n));
-        if user.aliases.len() == len {
-            return Err(Error::NotFound(format!("alias {r} of user {}", user.username)));
-        }
-    }
-    user.aliases.extend(parse_names(&up.add_aliases)?);
-    if let Some(v) = up.realname {
-        user.realname = check_text("realname", Some(v))?;
-    }
-    if let Some(v) = up.email {
-        user.email = check_text("email", Some(v))?;
-    }
-    if let Some(v) = up.notes {
-        user.notes = check_text("notes", Some(v))?;
-    }
-    if let Some(s) = up.status {
-        user.status = s;
-    }
-    let keys = check_names(tx, env, &user.username, &user.aliases, Some(&user.id))?;
-    tx.update_user(&user, &keys)?;
-    let mut changed = Vec::new();
-    for (name, differs) in [
-        ("username", before.username != user.username),
-        ("aliases", before.aliases != user.aliases),
-        ("realname", before.realname != user.realname),
-        ("email", before.email != user.email),
-        ("notes", before.notes != user.notes),
-        ("status", before.status != user.status),
-    ] {
-        if differs {
-            changed.push(name);
-        }
-    }
-    Ok((user, changed))
-}
-
 fn check_request(req: &CodeRequest) -> Result<()> {
     if req.codes.is_empty() && !(1..=MAX_CODES_PER_CALL).contains(&req.count) {
         return Err(Error::invalid("count", format!("must be 1 to {MAX_CODES_PER_CALL}")));
@@ -677,7 +747,7 @@ fn check_request(req: &CodeRequest) -> Result<()> {
 /// Issues codes for a user who exists and is not in the trash. With
 /// `preserve_existing`, the cap and duplicate checks cover old and new codes together and
 /// nothing is written unless all pass; otherwise the user's codes are replaced.
-fn issue_in(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: &str) -> Result<Issued> {
+fn issue(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: &str) -> Result<Issued> {
     tx.delete_expired_codes(Some(&user.id), env.now)?;
     let existing = if req.preserve_existing { tx.codes(&user.id)? } else { Vec::new() };
     let wanted = if req.codes.is_empty() { req.count } else { req.codes.len() };
