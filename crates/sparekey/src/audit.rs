@@ -28,7 +28,10 @@ pub struct Context {
 impl Context {
     /// A context with no source information.
     pub fn new(actor: impl Into<String>) -> Self {
-        Context { actor: sanitize(&actor.into(), 128), source: Source::default() }
+        Context {
+            actor: sanitize(&actor.into(), 128),
+            source: Source::default(),
+        }
     }
 
     /// The same context with a source.

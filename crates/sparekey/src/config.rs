@@ -107,20 +107,26 @@ impl Config {
     pub fn locate(explicit: Option<&Path>) -> PathBuf {
         explicit
             .map(Path::to_owned)
-            .or_else(|| std::env::var_os(ENV_VAR).filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os(ENV_VAR)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
     }
 
     /// Reads and checks a config file.
     pub fn load(file: &Path) -> Result<Self> {
         let text = std::fs::read(file).map_err(|e| config_error(file, e.to_string()))?;
-        let text = String::from_utf8(text).map_err(|_| config_error(file, "not valid UTF-8".into()))?;
+        let text =
+            String::from_utf8(text).map_err(|_| config_error(file, "not valid UTF-8".into()))?;
         Self::parse(&text, file)
     }
 
     /// Parses config text as if read from `file` (relative paths are taken from its directory).
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let mut c: Config = toml::from_str(text).map_err(|e| config_error(file, toml_message(&e)))?;
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| config_error(file, toml_message(&e)))?;
         c.file = file.to_owned();
         let base = file.parent().unwrap_or(Path::new("."));
         c.store.path = resolve(base, &c.store.path, file, "store.path")?;
@@ -132,13 +138,22 @@ impl Config {
     fn check(&self) -> Result<()> {
         let p = &self.policy;
         if !(1..=30).contains(&p.trash_retention_days) {
-            return Err(config_error(&self.file, "policy.trash_retention_days: must be 1 to 30".into()));
+            return Err(config_error(
+                &self.file,
+                "policy.trash_retention_days: must be 1 to 30".into(),
+            ));
         }
         if p.lockout_threshold > 1000 {
-            return Err(config_error(&self.file, "policy.lockout_threshold: must be at most 1000".into()));
+            return Err(config_error(
+                &self.file,
+                "policy.lockout_threshold: must be at most 1000".into(),
+            ));
         }
         if self.store.busy_timeout_ms == 0 || self.store.busy_timeout_ms > 600_000 {
-            return Err(config_error(&self.file, "store.busy_timeout_ms: must be 1 to 600000".into()));
+            return Err(config_error(
+                &self.file,
+                "store.busy_timeout_ms: must be 1 to 600000".into(),
+            ));
         }
         Ok(())
     }
@@ -187,16 +202,28 @@ fn resolve(base: &Path, p: &Path, file: &Path, key: &str) -> Result<PathBuf> {
     if p.as_os_str().is_empty() {
         return Err(config_error(file, format!("{key}: must not be empty")));
     }
-    Ok(if p.is_absolute() { p.to_owned() } else { base.join(p) })
+    Ok(if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    })
 }
 
 fn config_error(file: &Path, message: String) -> Error {
-    Error::Config { file: file.to_owned(), message }
+    Error::Config {
+        file: file.to_owned(),
+        message,
+    }
 }
 
 /// toml's messages span several lines with a source excerpt; one line reads better in logs.
 fn toml_message(e: &impl std::fmt::Display) -> String {
-    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|')).collect::<Vec<_>>().join(": ")
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 #[cfg(test)]
@@ -219,11 +246,18 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_file_and_key() {
-        let e = parse("[store]\npath = \"db\"\nkey_file = \"k\"\npaht = 1\n").unwrap_err().to_string();
-        assert!(e.contains("/etc/sk/sparekey.toml") && e.contains("paht"), "{e}");
-        let e = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[policy]\ntrash_retention_days = 31\n")
+        let e = parse("[store]\npath = \"db\"\nkey_file = \"k\"\npaht = 1\n")
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("/etc/sk/sparekey.toml") && e.contains("paht"),
+            "{e}"
+        );
+        let e = parse(
+            "[store]\npath = \"db\"\nkey_file = \"k\"\n[policy]\ntrash_retention_days = 31\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("trash_retention_days"), "{e}");
         let e = parse("[stor]\n").unwrap_err().to_string();
         assert!(e.contains("stor"), "{e}");
@@ -245,7 +279,10 @@ mod tests {
             #[allow(dead_code)]
             listen: Vec<String>,
         }
-        let c = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[radius]\nlisten = [\"127.0.0.1:1812\"]\n").unwrap();
+        let c = parse(
+            "[store]\npath = \"db\"\nkey_file = \"k\"\n[radius]\nlisten = [\"127.0.0.1:1812\"]\n",
+        )
+        .unwrap();
         assert!(c.section::<R>("radius").unwrap().is_some());
         assert!(c.section::<R>("pam").unwrap().is_none());
         let c = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[radius]\nlisen = 1\n").unwrap();

@@ -39,8 +39,16 @@ impl DigestKey {
 
     /// Writes the key to a new file with mode 0600; refuses to overwrite an existing file.
     pub fn write_new(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io { path: path.to_owned(), source };
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
         f.write_all(&self.0).map_err(io)?;
         f.sync_all().map_err(io)
     }
@@ -48,7 +56,10 @@ impl DigestKey {
     /// Reads a key file. Refuses one that is not a regular file of exactly 32 bytes, or that
     /// group or others may read or write: a key anyone can read is a key that leaks.
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |message: String| Error::Key { path: path.to_owned(), message };
+        let bad = |message: String| Error::Key {
+            path: path.to_owned(),
+            message,
+        };
         let mut f = File::open(path).map_err(|e| bad(e.to_string()))?;
         let meta = f.metadata().map_err(|e| bad(e.to_string()))?;
         if !meta.is_file() {
@@ -56,10 +67,15 @@ impl DigestKey {
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(bad(format!("mode {mode:04o} lets group or others at it; chmod 600 it")));
+            return Err(bad(format!(
+                "mode {mode:04o} lets group or others at it; chmod 600 it"
+            )));
         }
         if meta.size() != KEY_LEN as u64 {
-            return Err(bad(format!("expected {KEY_LEN} bytes, found {}", meta.size())));
+            return Err(bad(format!(
+                "expected {KEY_LEN} bytes, found {}",
+                meta.size()
+            )));
         }
         let mut k = [0u8; KEY_LEN];
         f.read_exact(&mut k).map_err(|e| bad(e.to_string()))?;
@@ -70,7 +86,8 @@ impl DigestKey {
     /// verifier can digest malformed input too and spend the same time on it.
     pub fn digest(&self, user: &UserId, code: &[u8]) -> [u8; 32] {
         // A 32-byte key is a valid HMAC key of any length, so this cannot fail.
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
         mac.update(DOMAIN_V1);
         mac.update(user.as_str().as_bytes());
         mac.update(&[0]);
@@ -107,7 +124,10 @@ mod tests {
         assert_ne!(d, k1.digest(&u2, b"123456"));
         assert_ne!(d, k1.digest(&u1, b"123457"));
         // The separator keeps "U1" + "1..." apart from "U11" + "...".
-        assert_ne!(k1.digest(&u1, b"1234567"), k1.digest(&UserId::from_string("U11"), b"234567"));
+        assert_ne!(
+            k1.digest(&u1, b"1234567"),
+            k1.digest(&UserId::from_string("U11"), b"234567")
+        );
     }
 
     #[test]
@@ -116,13 +136,24 @@ mod tests {
         let p = dir.path().join("k");
         let k = DigestKey::generate().unwrap();
         k.write_new(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(k.write_new(&p).is_err(), "must not overwrite");
         let u = UserId::from_string("U");
-        assert_eq!(DigestKey::load(&p).unwrap().digest(&u, b"1"), k.digest(&u, b"1"));
+        assert_eq!(
+            DigestKey::load(&p).unwrap().digest(&u, b"1"),
+            k.digest(&u, b"1")
+        );
 
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(DigestKey::load(&p).unwrap_err().to_string().contains("0640"));
+        assert!(
+            DigestKey::load(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("0640")
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&p, [0u8; 31]).unwrap();
         assert!(DigestKey::load(&p).unwrap_err().to_string().contains("31"));

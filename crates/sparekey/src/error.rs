@@ -66,7 +66,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Error::Invalid { field, message: message.into() }
+        Error::Invalid {
+            field,
+            message: message.into(),
+        }
     }
 
     /// Whether the error means "the thing named does not exist" (exit 1 in the CLI)

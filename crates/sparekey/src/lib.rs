@@ -25,7 +25,11 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Policy};
 pub use digest::DigestKey;
 pub use error::{Error, Result};
-pub use model::{CodeId, CodeInfo, Device, DeviceId, DeviceKind, Normalization, Status, User, UserId, Username};
+pub use model::{
+    CodeId, CodeInfo, Device, DeviceId, DeviceKind, Normalization, Status, User, UserId, Username,
+};
 pub use passcode::Passcode;
-pub use store::{CodeRequest, Issued, IssuedCode, NewUser, PurgeReport, Store, UserFilter, UserUpdate};
+pub use store::{
+    CodeRequest, Issued, IssuedCode, NewUser, PurgeReport, Store, UserFilter, UserUpdate,
+};
 pub use verify::{Decision, Reason, Verdict};

@@ -98,7 +98,10 @@ impl FromStr for Status {
             "active" => Ok(Status::Active),
             "bypass" => Ok(Status::Bypass),
             "disabled" => Ok(Status::Disabled),
-            _ => Err(Error::invalid("status", "expected active, bypass or disabled")),
+            _ => Err(Error::invalid(
+                "status",
+                "expected active, bypass or disabled",
+            )),
         }
     }
 }
@@ -143,7 +146,10 @@ impl FromStr for DeviceKind {
             "token" => Ok(DeviceKind::Token),
             "webauthn" => Ok(DeviceKind::Webauthn),
             "other" => Ok(DeviceKind::Other),
-            _ => Err(Error::invalid("kind", "expected phone, token, webauthn or other")),
+            _ => Err(Error::invalid(
+                "kind",
+                "expected phone, token, webauthn or other",
+            )),
         }
     }
 }
@@ -189,7 +195,10 @@ impl Username {
             return Err(Error::invalid("username", "must not be empty"));
         }
         if t.len() > MAX_NAME_LEN {
-            return Err(Error::invalid("username", format!("longer than {MAX_NAME_LEN} bytes")));
+            return Err(Error::invalid(
+                "username",
+                format!("longer than {MAX_NAME_LEN} bytes"),
+            ));
         }
         if t.chars().any(char::is_control) {
             return Err(Error::invalid("username", "contains a control character"));
@@ -224,9 +233,15 @@ impl LoginKey {
             Normalization::None => LoginKey(name.to_owned()),
             Normalization::Simple => {
                 let after_domain = name.rsplit_once('\\').map_or(name, |(_, user)| user);
-                let before_at = after_domain.split_once('@').map_or(after_domain, |(user, _)| user);
+                let before_at = after_domain
+                    .split_once('@')
+                    .map_or(after_domain, |(user, _)| user);
                 // An empty local part ("@example.com") stays as written rather than matching "".
-                let base = if before_at.is_empty() { name } else { before_at };
+                let base = if before_at.is_empty() {
+                    name
+                } else {
+                    before_at
+                };
                 LoginKey(base.to_lowercase())
             }
         }
@@ -284,7 +299,10 @@ pub struct User {
 impl User {
     /// Every login key the user answers to, the username first.
     pub fn login_keys(&self, n: Normalization) -> Vec<LoginKey> {
-        std::iter::once(&self.username).chain(&self.aliases).map(|u| u.key(n)).collect()
+        std::iter::once(&self.username)
+            .chain(&self.aliases)
+            .map(|u| u.key(n))
+            .collect()
     }
 }
 
@@ -370,9 +388,10 @@ pub(crate) fn check_text(field: &'static str, value: Option<String>) -> Result<O
     match value {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() > MAX_TEXT_LEN => {
-            Err(Error::invalid(field, format!("longer than {MAX_TEXT_LEN} bytes")))
-        }
+        Some(v) if v.len() > MAX_TEXT_LEN => Err(Error::invalid(
+            field,
+            format!("longer than {MAX_TEXT_LEN} bytes"),
+        )),
         Some(v) if v.contains('\0') => Err(Error::invalid(field, "contains a NUL byte")),
         Some(v) => Ok(Some(v)),
     }
@@ -385,10 +404,24 @@ mod tests {
     #[test]
     fn simple_normalisation_strips_domain_and_realm_and_lowercases() {
         let n = Normalization::Simple;
-        for login in ["Alice", "EXAMPLE\\alice", "alice@example.com", "CORP\\ALICE@corp.example"] {
-            assert_eq!(LoginKey::from_login(login, n).unwrap().as_str(), "alice", "{login}");
+        for login in [
+            "Alice",
+            "EXAMPLE\\alice",
+            "alice@example.com",
+            "CORP\\ALICE@corp.example",
+        ] {
+            assert_eq!(
+                LoginKey::from_login(login, n).unwrap().as_str(),
+                "alice",
+                "{login}"
+            );
         }
-        assert_eq!(LoginKey::from_login("Alice@x", Normalization::None).unwrap().as_str(), "Alice@x");
+        assert_eq!(
+            LoginKey::from_login("Alice@x", Normalization::None)
+                .unwrap()
+                .as_str(),
+            "Alice@x"
+        );
         assert_eq!(LoginKey::from_login("@x", n).unwrap().as_str(), "@x");
     }
 
@@ -406,7 +439,10 @@ mod tests {
     fn status_and_kind_parse() {
         assert_eq!("Bypass".parse::<Status>().unwrap(), Status::Bypass);
         assert!("locked".parse::<Status>().is_err());
-        assert_eq!("webauthn".parse::<DeviceKind>().unwrap(), DeviceKind::Webauthn);
+        assert_eq!(
+            "webauthn".parse::<DeviceKind>().unwrap(),
+            DeviceKind::Webauthn
+        );
         assert!("pager".parse::<DeviceKind>().is_err());
     }
 }

@@ -27,7 +27,10 @@ impl Passcode {
     pub fn parse(s: &str) -> Result<Self> {
         let t = s.trim();
         if !(MIN_LEN..=MAX_LEN).contains(&t.len()) {
-            return Err(Error::invalid("code", format!("must be {MIN_LEN} to {MAX_LEN} digits")));
+            return Err(Error::invalid(
+                "code",
+                format!("must be {MIN_LEN} to {MAX_LEN} digits"),
+            ));
         }
         if !t.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::invalid("code", "must be digits only"));
@@ -71,8 +74,22 @@ mod tests {
     #[test]
     fn parse_accepts_digits_of_allowed_length_only() {
         assert_eq!(Passcode::parse("123456").unwrap().expose(), "123456");
-        assert_eq!(Passcode::parse(" 12345678901234567890\n").unwrap().expose().len(), 20);
-        for bad in ["12345", "123456789012345678901", "12345a", "123 456", "", "١٢٣٤٥٦", "123456\0"] {
+        assert_eq!(
+            Passcode::parse(" 12345678901234567890\n")
+                .unwrap()
+                .expose()
+                .len(),
+            20
+        );
+        for bad in [
+            "12345",
+            "123456789012345678901",
+            "12345a",
+            "123 456",
+            "",
+            "١٢٣٤٥٦",
+            "123456\0",
+        ] {
             assert!(Passcode::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Passcode::parse(&"1".repeat(10_000)).is_err());

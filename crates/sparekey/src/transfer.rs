@@ -16,7 +16,9 @@ use crate::model::{Device, DeviceKind, Status, User, Username, check_text};
 use crate::store::{self, Batch, NewUser, Store, UserFilter, UserUpdate};
 
 /// The columns an import file may have, in the order export writes them.
-pub const COLUMNS: [&str; 7] = ["username", "aliases", "realname", "email", "status", "notes", "devices"];
+pub const COLUMNS: [&str; 7] = [
+    "username", "aliases", "realname", "email", "status", "notes", "devices",
+];
 /// Largest import file accepted, in rows.
 pub const MAX_ROWS: usize = 2_000_000;
 
@@ -43,15 +45,31 @@ pub struct ImportRow {
 
 /// Parses an import file. On failure, returns every bad row with its line number.
 pub fn parse_csv(input: impl Read) -> std::result::Result<Vec<ImportRow>, Vec<(u64, String)>> {
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(input);
-    let headers = rdr.headers().map_err(|e| vec![(1, csv_message(&e))])?.clone();
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(input);
+    let headers = rdr
+        .headers()
+        .map_err(|e| vec![(1, csv_message(&e))])?
+        .clone();
     let mut index = [None; COLUMNS.len()];
     let mut bad = Vec::new();
     for (i, h) in headers.iter().enumerate() {
-        match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(h.trim())) {
+        match COLUMNS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(h.trim()))
+        {
             Some(c) if index[c].is_none() => index[c] = Some(i),
             Some(_) => bad.push((1, format!("column {:?} appears twice", h))),
-            None => bad.push((1, format!("unknown column {:?}; expected some of {}", sanitize(h, 64), COLUMNS.join(",")))),
+            None => bad.push((
+                1,
+                format!(
+                    "unknown column {:?}; expected some of {}",
+                    sanitize(h, 64),
+                    COLUMNS.join(",")
+                ),
+            )),
         }
     }
     if index[0].is_none() {
@@ -77,7 +95,16 @@ pub fn parse_csv(input: impl Read) -> std::result::Result<Vec<ImportRow>, Vec<(u
             break;
         }
         let cell = |c: usize| index[c].and_then(|i| rec.get(i));
-        match parse_row(line, cell(0).unwrap_or(""), cell(1), cell(2), cell(3), cell(4), cell(5), cell(6)) {
+        match parse_row(
+            line,
+            cell(0).unwrap_or(""),
+            cell(1),
+            cell(2),
+            cell(3),
+            cell(4),
+            cell(5),
+            cell(6),
+        ) {
             Ok(r) => rows.push(r),
             Err(e) => bad.push((line, e)),
         }
@@ -88,7 +115,9 @@ pub fn parse_csv(input: impl Read) -> std::result::Result<Vec<ImportRow>, Vec<(u
 fn csv_message(e: &csv::Error) -> String {
     match e.kind() {
         csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".into(),
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
             format!("has {len} fields where the header has {expected_len}")
         }
         _ => e.to_string(),
@@ -109,15 +138,26 @@ fn parse_row(
     let e = |e: Error| e.to_string();
     let username = Username::parse(username).map_err(e)?;
     let aliases = aliases
-        .map(|a| split_escaped(a).iter().map(|s| Username::parse(s)).collect::<Result<Vec<_>>>())
+        .map(|a| {
+            split_escaped(a)
+                .iter()
+                .map(|s| Username::parse(s))
+                .collect::<Result<Vec<_>>>()
+        })
         .transpose()
         .map_err(|err| format!("aliases: {err}"))?;
-    if aliases.as_ref().is_some_and(|a| a.len() > crate::model::MAX_ALIASES) {
+    if aliases
+        .as_ref()
+        .is_some_and(|a| a.len() > crate::model::MAX_ALIASES)
+    {
         return Err(format!("more than {} aliases", crate::model::MAX_ALIASES));
     }
-    let text = |field: &'static str, v: Option<&str>| -> std::result::Result<Option<String>, String> {
-        v.map(|v| check_text(field, Some(v.to_owned())).map(Option::unwrap_or_default)).transpose().map_err(e)
-    };
+    let text =
+        |field: &'static str, v: Option<&str>| -> std::result::Result<Option<String>, String> {
+            v.map(|v| check_text(field, Some(v.to_owned())).map(Option::unwrap_or_default))
+                .transpose()
+                .map_err(e)
+        };
     let status = match status.map(str::trim) {
         None | Some("") => None,
         Some(s) => Some(s.parse::<Status>().map_err(e)?),
@@ -164,7 +204,10 @@ fn split_escaped(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn escape(s: &str) -> String {
@@ -208,22 +251,39 @@ impl Store {
     /// the rows before it; if any is bad, all bad rows are reported and nothing changes. A
     /// dry run goes through every step and then rolls back, so it reports exactly what a
     /// real run would do.
-    pub fn import(&mut self, file: &str, rows: &[ImportRow], dry_run: bool, ctx: &Context) -> Result<ImportReport> {
-        let mut report = ImportReport { dry_run, ..ImportReport::default() };
+    pub fn import(
+        &mut self,
+        file: &str,
+        rows: &[ImportRow],
+        dry_run: bool,
+        ctx: &Context,
+    ) -> Result<ImportReport> {
+        let mut report = ImportReport {
+            dry_run,
+            ..ImportReport::default()
+        };
         self.write_then(!dry_run, ctx, |batch| {
             let mut bad = Vec::new();
             for row in rows {
                 match import_row(batch, row) {
                     Ok(Some(change)) => change.record(&mut report),
                     Ok(None) => report.unchanged += 1,
-                    Err(e @ (Error::Invalid { .. } | Error::Conflict(_) | Error::Limit(_) | Error::NotFound(_))) => {
+                    Err(
+                        e @ (Error::Invalid { .. }
+                        | Error::Conflict(_)
+                        | Error::Limit(_)
+                        | Error::NotFound(_)),
+                    ) => {
                         bad.push((row.line, e.to_string()));
                     }
                     Err(e) => return Err(e),
                 }
             }
             if !bad.is_empty() {
-                return Err(Error::Import { file: file.to_owned(), rows: bad });
+                return Err(Error::Import {
+                    file: file.to_owned(),
+                    rows: bad,
+                });
             }
             let detail = format!(
                 "file={} created={} updated={} devices_added={}",
@@ -233,7 +293,17 @@ impl Store {
                 report.devices_added.len()
             );
             let (tx, env, ctx) = batch.parts();
-            store::audit(tx, env, ctx, "import", None, None, outcome::OK, None, Some(detail))
+            store::audit(
+                tx,
+                env,
+                ctx,
+                "import",
+                None,
+                None,
+                outcome::OK,
+                None,
+                Some(detail),
+            )
         })?;
         Ok(report)
     }
@@ -241,10 +311,18 @@ impl Store {
     /// Every user not in the trash, with their devices.
     pub fn export(&mut self) -> Result<Vec<ExportedUser>> {
         self.read(|tx, _| {
-            let users = tx.list_users(&UserFilter { trashed: Some(false), ..UserFilter::default() })?;
+            let users = tx.list_users(&UserFilter {
+                trashed: Some(false),
+                ..UserFilter::default()
+            })?;
             users
                 .into_iter()
-                .map(|user| Ok(ExportedUser { devices: tx.devices(&user.id)?, user }))
+                .map(|user| {
+                    Ok(ExportedUser {
+                        devices: tx.devices(&user.id)?,
+                        user,
+                    })
+                })
                 .collect()
         })
     }
@@ -265,7 +343,9 @@ impl RowChange {
         } else if !self.updated.is_empty() {
             report.updated.push((self.username.clone(), self.updated));
         }
-        report.devices_added.extend(self.devices.into_iter().map(|d| (self.username.clone(), d)));
+        report
+            .devices_added
+            .extend(self.devices.into_iter().map(|d| (self.username.clone(), d)));
     }
 }
 
@@ -273,22 +353,35 @@ impl RowChange {
 fn import_row(batch: &mut Batch<'_>, row: &ImportRow) -> Result<Option<RowChange>> {
     let name = row.username.as_str();
     let (user, created, updated) = match batch.find_user(name) {
-        Ok(u) if u.username.key(batch.normalization()) != row.username.key(batch.normalization()) => {
-            return Err(Error::Conflict(format!("{} is an alias of user {}", row.username, u.username)));
+        Ok(u)
+            if u.username.key(batch.normalization()) != row.username.key(batch.normalization()) =>
+        {
+            return Err(Error::Conflict(format!(
+                "{} is an alias of user {}",
+                row.username, u.username
+            )));
         }
         Ok(u) if u.trashed_at.is_some() => {
-            return Err(Error::Conflict(format!("user {} is in the trash", u.username)));
+            return Err(Error::Conflict(format!(
+                "user {} is in the trash",
+                u.username
+            )));
         }
         Ok(u) => {
             let update = UserUpdate {
-                aliases: row.aliases.as_ref().map(|a| a.iter().map(|n| n.to_string()).collect()),
+                aliases: row
+                    .aliases
+                    .as_ref()
+                    .map(|a| a.iter().map(|n| n.to_string()).collect()),
                 realname: row.realname.clone(),
                 email: row.email.clone(),
                 notes: row.notes.clone(),
                 status: row.status,
                 ..UserUpdate::default()
             };
-            if update.is_empty() { (u, false, Vec::new()) } else {
+            if update.is_empty() {
+                (u, false, Vec::new())
+            } else {
                 let (u, changed) = batch.update_user(name, update)?;
                 (u, false, changed)
             }
@@ -296,7 +389,12 @@ fn import_row(batch: &mut Batch<'_>, row: &ImportRow) -> Result<Option<RowChange
         Err(e) if e.is_not_found() => {
             let new = NewUser {
                 username: row.username.to_string(),
-                aliases: row.aliases.iter().flatten().map(|n| n.to_string()).collect(),
+                aliases: row
+                    .aliases
+                    .iter()
+                    .flatten()
+                    .map(|n| n.to_string())
+                    .collect(),
                 realname: row.realname.clone(),
                 email: row.email.clone(),
                 notes: row.notes.clone(),
@@ -319,7 +417,12 @@ fn import_row(batch: &mut Batch<'_>, row: &ImportRow) -> Result<Option<RowChange
         }
     }
     let changed = created || !updated.is_empty() || !devices.is_empty();
-    Ok(changed.then(|| RowChange { username: user.username.to_string(), created, updated, devices }))
+    Ok(changed.then(|| RowChange {
+        username: user.username.to_string(),
+        created,
+        updated,
+        devices,
+    }))
 }
 
 fn device_cell(d: &Device) -> String {
@@ -349,7 +452,8 @@ pub fn write_csv(users: &[ExportedUser], out: impl Write) -> Result<()> {
         ])
         .map_err(io)?;
     }
-    w.flush().map_err(|e| Error::Store(format!("writing CSV: {e}")))
+    w.flush()
+        .map_err(|e| Error::Store(format!("writing CSV: {e}")))
 }
 
 #[cfg(test)]
@@ -365,7 +469,10 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].line, 2);
         assert_eq!(rows[0].aliases.as_ref().unwrap().len(), 2);
-        assert_eq!(rows[0].devices.as_ref().unwrap()[0], (DeviceKind::Phone, Some("work phone".into())));
+        assert_eq!(
+            rows[0].devices.as_ref().unwrap()[0],
+            (DeviceKind::Phone, Some("work phone".into()))
+        );
         assert_eq!(rows[1].status, Some(Status::Bypass));
         assert_eq!(rows[1].realname.as_deref(), Some(""));
     }
@@ -386,7 +493,10 @@ mod tests {
 
     #[test]
     fn refuses_unknown_and_missing_columns() {
-        assert_eq!(parse_csv("user,status\nx,active\n".as_bytes()).unwrap_err()[0].0, 1);
+        assert_eq!(
+            parse_csv("user,status\nx,active\n".as_bytes()).unwrap_err()[0].0,
+            1
+        );
         assert!(parse_csv("status\nactive\n".as_bytes()).is_err());
         assert!(parse_csv("username,username\nx,y\n".as_bytes()).is_err());
         assert!(parse_csv(&b"username\n\xff\xfe\n"[..]).is_err());

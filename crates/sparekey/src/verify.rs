@@ -94,7 +94,13 @@ impl Verdict {
 const NO_USER: &str = "U0000000000000000000";
 
 /// Decides and records one attempt inside `tx` (which the caller commits).
-pub(crate) fn verify_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str, passcode: &str, ctx: &Context) -> Result<Verdict> {
+pub(crate) fn verify_in(
+    tx: &mut dyn Tx,
+    env: &Env<'_>,
+    login: &str,
+    passcode: &str,
+    ctx: &Context,
+) -> Result<Verdict> {
     let user = match LoginKey::from_login(login, env.normalization()) {
         Some(key) => match tx.user_id_by_login(&key)? {
             Some(id) => tx.user(&id)?,
@@ -105,13 +111,21 @@ pub(crate) fn verify_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str, passcode: &
     let parsed = Passcode::parse(passcode).ok();
     // One digest on every path: over the parsed code, or over the raw input for malformed
     // input (which then can never match), under the user's id or a stand-in.
-    let digest_input = parsed.as_ref().map_or(passcode.as_bytes(), |p| p.expose().as_bytes());
+    let digest_input = parsed
+        .as_ref()
+        .map_or(passcode.as_bytes(), |p| p.expose().as_bytes());
     let no_user = UserId::from_string(NO_USER);
-    let digest = env.key.digest(user.as_ref().map_or(&no_user, |u| &u.id), digest_input);
+    let digest = env
+        .key
+        .digest(user.as_ref().map_or(&no_user, |u| &u.id), digest_input);
 
     let Some(mut user) = user.filter(|u| u.trashed_at.is_none()) else {
         // A login shaped like a code is most likely a code typed into the wrong field.
-        let shown = if looks_like_code(login) { "<redacted>".to_owned() } else { sanitize(login, 64) };
+        let shown = if looks_like_code(login) {
+            "<redacted>".to_owned()
+        } else {
+            sanitize(login, 64)
+        };
         let v = reject(None, Reason::UnknownUser);
         tx.append_audit(&crate::audit::AuditEvent {
             id: 0,
@@ -139,10 +153,30 @@ pub(crate) fn verify_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str, passcode: &
         Decision::Reject(r) => Some(r.as_str().to_owned()),
         _ => None,
     };
-    audit(tx, env, ctx, "auth", Some(&user), verdict.code_id.as_ref(), outcome, reason, None)?;
+    audit(
+        tx,
+        env,
+        ctx,
+        "auth",
+        Some(&user),
+        verdict.code_id.as_ref(),
+        outcome,
+        reason,
+        None,
+    )?;
     if verdict.locked_now {
         let detail = format!("failed_attempts={}", user.failed_attempts);
-        audit(tx, env, ctx, "user.lockout", Some(&user), None, outcome::OK, Some("failed_attempts".into()), Some(detail))?;
+        audit(
+            tx,
+            env,
+            ctx,
+            "user.lockout",
+            Some(&user),
+            None,
+            outcome::OK,
+            Some("failed_attempts".into()),
+            Some(detail),
+        )?;
     }
     Ok(verdict)
 }
@@ -159,7 +193,13 @@ fn reject(user: Option<&User>, reason: Reason) -> Verdict {
 }
 
 /// Steps 2 to 5 of DESIGN.md "Verification" for a user who exists and is not trashed.
-fn decide(tx: &mut dyn Tx, env: &Env<'_>, user: &mut User, digest: [u8; 32], well_formed: bool) -> Result<Verdict> {
+fn decide(
+    tx: &mut dyn Tx,
+    env: &Env<'_>,
+    user: &mut User,
+    digest: [u8; 32],
+    well_formed: bool,
+) -> Result<Verdict> {
     if user.status == Status::Disabled {
         return Ok(reject(Some(user), Reason::Disabled));
     }
@@ -174,7 +214,10 @@ fn decide(tx: &mut dyn Tx, env: &Env<'_>, user: &mut User, digest: [u8; 32], wel
         tx.update_user_state(user)?;
     }
     if user.status == Status::Bypass {
-        return Ok(Verdict { decision: Decision::Bypass, ..reject(Some(user), Reason::WrongCode) });
+        return Ok(Verdict {
+            decision: Decision::Bypass,
+            ..reject(Some(user), Reason::WrongCode)
+        });
     }
     if tx.device_count(&user.id)? == 0 {
         return Ok(reject(Some(user), Reason::NotEnrolled));
@@ -191,7 +234,11 @@ fn decide(tx: &mut dyn Tx, env: &Env<'_>, user: &mut User, digest: [u8; 32], wel
         found |= eq;
     }
     let found = bool::from(found) && well_formed;
-    let matched = if found { codes.get(index as usize) } else { None };
+    let matched = if found {
+        codes.get(index as usize)
+    } else {
+        None
+    };
 
     let verdict = match matched {
         Some(code) if !code.expired_at(env.now) => {
@@ -217,15 +264,25 @@ fn decide(tx: &mut dyn Tx, env: &Env<'_>, user: &mut User, digest: [u8; 32], wel
             }
         }
         other => {
-            let reason = if other.is_some() { Reason::Expired } else { Reason::WrongCode };
+            let reason = if other.is_some() {
+                Reason::Expired
+            } else {
+                Reason::WrongCode
+            };
             user.failed_attempts = user.failed_attempts.saturating_add(1);
             let threshold = env.policy.lockout_threshold;
             let locked_now = threshold > 0 && user.failed_attempts >= threshold;
             if locked_now {
-                user.lockout = Some(crate::model::Lockout { reason: "failed_attempts".into(), since: env.now });
+                user.lockout = Some(crate::model::Lockout {
+                    reason: "failed_attempts".into(),
+                    since: env.now,
+                });
             }
             tx.update_user_state(user)?;
-            Verdict { locked_now, ..reject(Some(user), reason) }
+            Verdict {
+                locked_now,
+                ..reject(Some(user), reason)
+            }
         }
     };
     if codes.iter().any(|c| c.expired_at(env.now)) {

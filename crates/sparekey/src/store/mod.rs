@@ -16,8 +16,8 @@ use crate::config::{Config, Policy};
 use crate::digest::{DigestKey, SCHEME_V1};
 use crate::error::{Error, Result};
 use crate::model::{
-    CodeId, CodeInfo, CodeRecord, Device, DeviceId, DeviceKind, LoginKey, MAX_ALIASES, Normalization, Status, User,
-    UserId, Username, check_text,
+    CodeId, CodeInfo, CodeRecord, Device, DeviceId, DeviceKind, LoginKey, MAX_ALIASES,
+    Normalization, Status, User, UserId, Username, check_text,
 };
 use crate::passcode::{self, Passcode};
 use crate::verify::{self, Verdict};
@@ -247,7 +247,12 @@ impl Store {
     pub fn open(config: &Config) -> Result<Self> {
         let key = DigestKey::load(&config.store.key_file)?;
         let backend = SqliteBackend::open(&config.store)?;
-        Self::with_backend(Box::new(backend), key, config.policy.clone(), Arc::new(SystemClock))
+        Self::with_backend(
+            Box::new(backend),
+            key,
+            config.policy.clone(),
+            Arc::new(SystemClock),
+        )
     }
 
     /// A store over any backend, with an injected clock.
@@ -269,7 +274,12 @@ impl Store {
                 )));
             }
         }
-        Ok(Store { backend, key, policy, clock })
+        Ok(Store {
+            backend,
+            key,
+            policy,
+            clock,
+        })
     }
 
     /// An in-memory SQLite store, for tests.
@@ -284,7 +294,11 @@ impl Store {
 
     /// Runs `f` in one write transaction: every operation of the [`Batch`] and its audit
     /// events commit together when `f` succeeds, or not at all.
-    pub fn batch<R>(&mut self, ctx: &Context, f: impl FnOnce(&mut Batch<'_>) -> Result<R>) -> Result<R> {
+    pub fn batch<R>(
+        &mut self,
+        ctx: &Context,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<R>,
+    ) -> Result<R> {
         self.write_then(true, ctx, f)
     }
 
@@ -296,9 +310,17 @@ impl Store {
         ctx: &Context,
         f: impl FnOnce(&mut Batch<'_>) -> Result<R>,
     ) -> Result<R> {
-        let env = Env { key: &self.key, policy: &self.policy, now: self.clock.now() };
+        let env = Env {
+            key: &self.key,
+            policy: &self.policy,
+            now: self.clock.now(),
+        };
         let mut tx = self.backend.begin()?;
-        let r = f(&mut Batch { tx: &mut *tx, env: &env, ctx })?;
+        let r = f(&mut Batch {
+            tx: &mut *tx,
+            env: &env,
+            ctx,
+        })?;
         if commit {
             tx.commit()?;
         }
@@ -306,8 +328,15 @@ impl Store {
     }
 
     /// Runs `f` in one read transaction.
-    pub(crate) fn read<R>(&mut self, f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>) -> Result<R> {
-        let env = Env { key: &self.key, policy: &self.policy, now: self.clock.now() };
+    pub(crate) fn read<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Tx, &Env<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let env = Env {
+            key: &self.key,
+            policy: &self.policy,
+            now: self.clock.now(),
+        };
         let mut tx = self.backend.begin_read()?;
         f(&mut *tx, &env)
     }
@@ -361,7 +390,13 @@ impl Store {
     }
 
     /// Enrols a device.
-    pub fn add_device(&mut self, name: &str, kind: DeviceKind, label: Option<String>, ctx: &Context) -> Result<Device> {
+    pub fn add_device(
+        &mut self,
+        name: &str,
+        kind: DeviceKind,
+        label: Option<String>,
+        ctx: &Context,
+    ) -> Result<Device> {
         self.batch(ctx, |b| b.add_device(name, kind, label))
     }
 
@@ -379,12 +414,23 @@ impl Store {
     }
 
     /// Issues bypass codes.
-    pub fn generate_codes(&mut self, name: &str, req: CodeRequest, ctx: &Context) -> Result<Issued> {
+    pub fn generate_codes(
+        &mut self,
+        name: &str,
+        req: CodeRequest,
+        ctx: &Context,
+    ) -> Result<Issued> {
         self.batch(ctx, |b| b.generate_codes(name, &req))
     }
 
     /// Issues an 8-digit temporary OTP; see [`Batch::temp_code`].
-    pub fn temp_code(&mut self, name: &str, valid_secs: u64, reusable: bool, ctx: &Context) -> Result<IssuedCode> {
+    pub fn temp_code(
+        &mut self,
+        name: &str,
+        valid_secs: u64,
+        reusable: bool,
+        ctx: &Context,
+    ) -> Result<IssuedCode> {
         self.batch(ctx, |b| b.temp_code(name, valid_secs, reusable))
     }
 
@@ -398,7 +444,11 @@ impl Store {
                 }
                 None => tx.all_codes()?,
             };
-            Ok(codes.iter().filter(|c| !c.expired_at(env.now)).map(CodeRecord::info).collect())
+            Ok(codes
+                .iter()
+                .filter(|c| !c.expired_at(env.now))
+                .map(CodeRecord::info)
+                .collect())
         })
     }
 
@@ -428,13 +478,33 @@ pub struct Batch<'a> {
 
 impl std::fmt::Debug for Batch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch").field("actor", &self.ctx.actor).field("now", &self.env.now).finish()
+        f.debug_struct("Batch")
+            .field("actor", &self.ctx.actor)
+            .field("now", &self.env.now)
+            .finish()
     }
 }
 
 impl Batch<'_> {
-    fn audit(&mut self, action: &str, user: Option<&User>, code: Option<&CodeId>, reason: Option<&str>, detail: Option<String>) -> Result<()> {
-        audit(self.tx, self.env, self.ctx, action, user, code, outcome::OK, reason.map(str::to_owned), detail)
+    fn audit(
+        &mut self,
+        action: &str,
+        user: Option<&User>,
+        code: Option<&CodeId>,
+        reason: Option<&str>,
+        detail: Option<String>,
+    ) -> Result<()> {
+        audit(
+            self.tx,
+            self.env,
+            self.ctx,
+            action,
+            user,
+            code,
+            outcome::OK,
+            reason.map(str::to_owned),
+            detail,
+        )
     }
 
     /// See [`Store::verify`].
@@ -489,7 +559,10 @@ impl Batch<'_> {
             let len = user.aliases.len();
             user.aliases.retain(|a| a.key(n) != r.key(n));
             if user.aliases.len() == len {
-                return Err(Error::NotFound(format!("alias {r} of user {}", user.username)));
+                return Err(Error::NotFound(format!(
+                    "alias {r} of user {}",
+                    user.username
+                )));
             }
         }
         user.aliases.extend(parse_names(&up.add_aliases)?);
@@ -517,9 +590,21 @@ impl Batch<'_> {
         .filter_map(|(name, differs)| differs.then_some(name))
         .collect();
         if !changed.is_empty() {
-            let keys = check_names(self.tx, self.env, &user.username, &user.aliases, Some(&user.id))?;
+            let keys = check_names(
+                self.tx,
+                self.env,
+                &user.username,
+                &user.aliases,
+                Some(&user.id),
+            )?;
             self.tx.update_user(&user, &keys)?;
-            self.audit("user.update", Some(&user), None, None, Some(changed.join(",")))?;
+            self.audit(
+                "user.update",
+                Some(&user),
+                None,
+                None,
+                Some(changed.join(",")),
+            )?;
         }
         Ok((user, changed))
     }
@@ -529,7 +614,10 @@ impl Batch<'_> {
     pub fn trash_user(&mut self, name: &str) -> Result<User> {
         let mut user = find(self.tx, self.env, name)?;
         if user.trashed_at.is_some() {
-            return Err(Error::Conflict(format!("user {} is already in the trash", user.username)));
+            return Err(Error::Conflict(format!(
+                "user {} is already in the trash",
+                user.username
+            )));
         }
         user.trashed_at = Some(self.env.now);
         self.tx.update_user_state(&user)?;
@@ -541,7 +629,10 @@ impl Batch<'_> {
     pub fn restore_user(&mut self, name: &str) -> Result<User> {
         let mut user = find(self.tx, self.env, name)?;
         if user.trashed_at.is_none() {
-            return Err(Error::Conflict(format!("user {} is not in the trash", user.username)));
+            return Err(Error::Conflict(format!(
+                "user {} is not in the trash",
+                user.username
+            )));
         }
         user.trashed_at = None;
         self.tx.update_user_state(&user)?;
@@ -563,18 +654,39 @@ impl Batch<'_> {
         let was = user.lockout.take();
         user.failed_attempts = 0;
         self.tx.update_user_state(&user)?;
-        let detail = if was.is_some() { "was locked out" } else { "was not locked out" };
+        let detail = if was.is_some() {
+            "was locked out"
+        } else {
+            "was not locked out"
+        };
         self.audit("user.unlock", Some(&user), None, None, Some(detail.into()))?;
         Ok(user)
     }
 
     /// Enrols a device.
-    pub fn add_device(&mut self, name: &str, kind: DeviceKind, label: Option<String>) -> Result<Device> {
+    pub fn add_device(
+        &mut self,
+        name: &str,
+        kind: DeviceKind,
+        label: Option<String>,
+    ) -> Result<Device> {
         let label = check_text("name", label)?;
         let user = find_live(self.tx, self.env, name)?;
-        let device = Device { id: DeviceId::generate()?, user_id: user.id.clone(), kind, name: label, created_at: self.env.now };
+        let device = Device {
+            id: DeviceId::generate()?,
+            user_id: user.id.clone(),
+            kind,
+            name: label,
+            created_at: self.env.now,
+        };
         self.tx.insert_device(&device)?;
-        self.audit("device.add", Some(&user), None, None, Some(format!("device={} kind={kind}", device.id)))?;
+        self.audit(
+            "device.add",
+            Some(&user),
+            None,
+            None,
+            Some(format!("device={} kind={kind}", device.id)),
+        )?;
         Ok(device)
     }
 
@@ -583,9 +695,19 @@ impl Batch<'_> {
         let user = find(self.tx, self.env, name)?;
         let id = DeviceId::from_string(device);
         if !self.tx.delete_device(&user.id, &id)? {
-            return Err(Error::NotFound(format!("device {} of user {}", sanitize(device, 64), user.username)));
+            return Err(Error::NotFound(format!(
+                "device {} of user {}",
+                sanitize(device, 64),
+                user.username
+            )));
         }
-        self.audit("device.remove", Some(&user), None, None, Some(format!("device={id}")))
+        self.audit(
+            "device.remove",
+            Some(&user),
+            None,
+            None,
+            Some(format!("device={id}")),
+        )
     }
 
     /// Issues bypass codes for a user who is not in the trash. With `preserve_existing`,
@@ -605,7 +727,13 @@ impl Batch<'_> {
             issued.replaced
         );
         for c in &issued.codes {
-            self.audit("code.generate", Some(&user), Some(&c.info.id), None, Some(detail.clone()))?;
+            self.audit(
+                "code.generate",
+                Some(&user),
+                Some(&c.info.id),
+                None,
+                Some(detail.clone()),
+            )?;
         }
         Ok(issued)
     }
@@ -614,7 +742,10 @@ impl Batch<'_> {
     /// one use or, if `reusable`, any number within its validity. It keeps existing codes.
     pub fn temp_code(&mut self, name: &str, valid_secs: u64, reusable: bool) -> Result<IssuedCode> {
         if valid_secs == 0 || valid_secs > MAX_TEMP_VALID_SECS {
-            return Err(Error::invalid("valid-for", "must be more than 0 and at most 72h"));
+            return Err(Error::invalid(
+                "valid-for",
+                "must be more than 0 and at most 72h",
+            ));
         }
         let req = CodeRequest {
             count: 1,
@@ -625,13 +756,19 @@ impl Batch<'_> {
             length: passcode::TEMP_LEN,
         };
         let mut issued = self.generate_codes(name, &req)?;
-        issued.codes.pop().ok_or_else(|| Error::Store("no code was issued".into()))
+        issued
+            .codes
+            .pop()
+            .ok_or_else(|| Error::Store("no code was issued".into()))
     }
 
     /// Revokes one code.
     pub fn delete_code(&mut self, id: &str) -> Result<CodeInfo> {
         let id = CodeId::from_string(id);
-        let code = self.tx.code(&id)?.ok_or_else(|| Error::NotFound(format!("code {}", sanitize(id.as_str(), 64))))?;
+        let code = self
+            .tx
+            .code(&id)?
+            .ok_or_else(|| Error::NotFound(format!("code {}", sanitize(id.as_str(), 64))))?;
         self.tx.delete_code(&id)?;
         let user = self.tx.user(&code.user_id)?;
         self.audit("code.delete", user.as_ref(), Some(&id), None, None)?;
@@ -646,12 +783,21 @@ impl Batch<'_> {
         for id in self.tx.trashed_before(cutoff)? {
             let user = self.tx.user(&id)?;
             self.tx.delete_user(&id)?;
-            self.audit("user.purge", user.as_ref(), None, Some("trash_retention"), None)?;
+            self.audit(
+                "user.purge",
+                user.as_ref(),
+                None,
+                Some("trash_retention"),
+                None,
+            )?;
             purged_users.push(user.map_or_else(|| id.to_string(), |u| u.username.to_string()));
         }
         let detail = format!("expired_codes={expired_codes} users={}", purged_users.len());
         self.audit("purge", None, None, None, Some(detail))?;
-        Ok(PurgeReport { expired_codes, purged_users })
+        Ok(PurgeReport {
+            expired_codes,
+            purged_users,
+        })
     }
 
     /// The username normalisation in force.
@@ -689,13 +835,17 @@ pub(crate) fn find(tx: &mut dyn Tx, env: &Env<'_>, name: &str) -> Result<User> {
 fn find_live(tx: &mut dyn Tx, env: &Env<'_>, name: &str) -> Result<User> {
     let user = find(tx, env, name)?;
     if user.trashed_at.is_some() {
-        return Err(Error::Conflict(format!("user {} is in the trash; restore them first", user.username)));
+        return Err(Error::Conflict(format!(
+            "user {} is in the trash; restore them first",
+            user.username
+        )));
     }
     Ok(user)
 }
 
-/// Parses and checks a user's names: at most [`MAX_ALIASES`] aliases, no two with the same
-/// key, and no key held by another user.
+/// Checks a user's names: at most [`MAX_ALIASES`] aliases, none written twice, and no
+/// key held by another user. Returns the distinct keys: two names of one user that
+/// normalise alike ("alice" and "alice@example.com" under `simple`) share one.
 pub(crate) fn check_names(
     tx: &mut dyn Tx,
     env: &Env<'_>,
@@ -704,19 +854,32 @@ pub(crate) fn check_names(
     self_id: Option<&UserId>,
 ) -> Result<Vec<LoginKey>> {
     if aliases.len() > MAX_ALIASES {
-        return Err(Error::Limit(format!("at most {MAX_ALIASES} aliases per user")));
+        return Err(Error::Limit(format!(
+            "at most {MAX_ALIASES} aliases per user"
+        )));
     }
-    let keys: Vec<LoginKey> = std::iter::once(username).chain(aliases).map(|u| u.key(env.normalization())).collect();
-    for (i, k) in keys.iter().enumerate() {
-        if keys[..i].contains(k) {
-            return Err(Error::Conflict(format!("name {} is given twice", k.as_str())));
+    for (i, a) in aliases.iter().enumerate() {
+        if aliases[..i].contains(a) || a == username {
+            return Err(Error::Conflict(format!("name {a} is given twice")));
         }
-        if let Some(owner) = tx.user_id_by_login(k)? {
+    }
+    let mut keys: Vec<LoginKey> = Vec::with_capacity(aliases.len() + 1);
+    for name in std::iter::once(username).chain(aliases) {
+        let k = name.key(env.normalization());
+        if keys.contains(&k) {
+            continue;
+        }
+        if let Some(owner) = tx.user_id_by_login(&k)? {
             if Some(&owner) != self_id {
-                let who = tx.user(&owner)?.map_or_else(|| owner.to_string(), |u| u.username.to_string());
-                return Err(Error::Conflict(format!("name {} is already used by user {who}", k.as_str())));
+                let who = tx
+                    .user(&owner)?
+                    .map_or_else(|| owner.to_string(), |u| u.username.to_string());
+                return Err(Error::Conflict(format!(
+                    "name {name} is already used by user {who}"
+                )));
             }
         }
+        keys.push(k);
     }
     Ok(keys)
 }
@@ -727,16 +890,27 @@ pub(crate) fn parse_names(names: &[String]) -> Result<Vec<Username>> {
 
 fn check_request(req: &CodeRequest) -> Result<()> {
     if req.codes.is_empty() && !(1..=MAX_CODES_PER_CALL).contains(&req.count) {
-        return Err(Error::invalid("count", format!("must be 1 to {MAX_CODES_PER_CALL}")));
+        return Err(Error::invalid(
+            "count",
+            format!("must be 1 to {MAX_CODES_PER_CALL}"),
+        ));
     }
     if req.codes.len() > MAX_CODES_PER_CALL {
-        return Err(Error::Limit(format!("at most {MAX_CODES_PER_CALL} codes per call")));
+        return Err(Error::Limit(format!(
+            "at most {MAX_CODES_PER_CALL} codes per call"
+        )));
     }
     if req.reuse_count > MAX_REUSE_COUNT {
-        return Err(Error::invalid("reuse-count", format!("must be at most {MAX_REUSE_COUNT} (0 is unlimited)")));
+        return Err(Error::invalid(
+            "reuse-count",
+            format!("must be at most {MAX_REUSE_COUNT} (0 is unlimited)"),
+        ));
     }
     if req.valid_secs > MAX_VALID_SECS {
-        return Err(Error::invalid("valid-secs", format!("must be at most {MAX_VALID_SECS} (0 never expires)")));
+        return Err(Error::invalid(
+            "valid-secs",
+            format!("must be at most {MAX_VALID_SECS} (0 never expires)"),
+        ));
     }
     if !(passcode::MIN_LEN..=passcode::MAX_LEN).contains(&req.length) {
         return Err(Error::invalid("length", "must be 6 to 20"));
@@ -747,10 +921,24 @@ fn check_request(req: &CodeRequest) -> Result<()> {
 /// Issues codes for a user who exists and is not in the trash. With
 /// `preserve_existing`, the cap and duplicate checks cover old and new codes together and
 /// nothing is written unless all pass; otherwise the user's codes are replaced.
-fn issue(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: &str) -> Result<Issued> {
+fn issue(
+    tx: &mut dyn Tx,
+    env: &Env<'_>,
+    user: &User,
+    req: &CodeRequest,
+    actor: &str,
+) -> Result<Issued> {
     tx.delete_expired_codes(Some(&user.id), env.now)?;
-    let existing = if req.preserve_existing { tx.codes(&user.id)? } else { Vec::new() };
-    let wanted = if req.codes.is_empty() { req.count } else { req.codes.len() };
+    let existing = if req.preserve_existing {
+        tx.codes(&user.id)?
+    } else {
+        Vec::new()
+    };
+    let wanted = if req.codes.is_empty() {
+        req.count
+    } else {
+        req.codes.len()
+    };
     if existing.len() + wanted > MAX_CODES_PER_USER {
         return Err(Error::Limit(format!(
             "user {} has {} active codes; {wanted} more would pass the limit of {MAX_CODES_PER_USER}",
@@ -778,7 +966,11 @@ fn issue(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: 
                 return Err(Error::Conflict(format!(
                     "code #{} duplicates {} of user {}",
                     i + 1,
-                    if i > 0 && taken[existing.len()..].contains(&d) { "another code in this request" } else { "an active code" },
+                    if i > 0 && taken[existing.len()..].contains(&d) {
+                        "another code in this request"
+                    } else {
+                        "an active code"
+                    },
                     user.username
                 )));
             }
@@ -786,7 +978,11 @@ fn issue(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: 
             fresh.push((code.clone(), d));
         }
     }
-    let replaced = if req.preserve_existing { 0 } else { tx.delete_codes_of(&user.id)? };
+    let replaced = if req.preserve_existing {
+        0
+    } else {
+        tx.delete_codes_of(&user.id)?
+    };
     let expires_at = (req.valid_secs > 0).then(|| env.now.saturating_add(req.valid_secs as i64));
     let uses_remaining = (req.reuse_count > 0).then_some(req.reuse_count);
     let mut codes = Vec::with_capacity(fresh.len());
@@ -803,10 +999,17 @@ fn issue(tx: &mut dyn Tx, env: &Env<'_>, user: &User, req: &CodeRequest, actor: 
             reuse_count: req.reuse_count,
         };
         tx.insert_code(&rec)?;
-        codes.push(IssuedCode { info: rec.info(), code });
+        codes.push(IssuedCode {
+            info: rec.info(),
+            code,
+        });
     }
     let enrolled = tx.device_count(&user.id)? > 0;
-    Ok(Issued { codes, replaced, enrolled })
+    Ok(Issued {
+        codes,
+        replaced,
+        enrolled,
+    })
 }
 
 /// Appends an audit event for `ctx`.

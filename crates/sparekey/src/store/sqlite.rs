@@ -1,7 +1,9 @@
 //! The embedded SQLite backend: WAL, `BEGIN IMMEDIATE` for every write, `synchronous=FULL`
 //! by default, append-only migrations, and files created 0600.
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +13,8 @@ use crate::audit::{AuditEvent, AuditFilter, Source};
 use crate::config::{StoreConfig, Synchronous};
 use crate::error::{Error, Result};
 use crate::model::{
-    CodeId, CodeRecord, Device, DeviceId, Lockout, LoginKey, Normalization, Status, User, UserId, Username,
+    CodeId, CodeRecord, Device, DeviceId, Lockout, LoginKey, Normalization, Status, User, UserId,
+    Username,
 };
 
 /// The schema, one step per entry. Append only: a released step is never edited, because
@@ -28,6 +31,7 @@ CREATE TABLE users (
     realname        TEXT,
     email           TEXT,
     notes           TEXT,
+    aliases         TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(aliases)),
     status          TEXT NOT NULL CHECK (status IN ('active', 'bypass', 'disabled')),
     lockout_reason  TEXT,
     lockout_since   INTEGER,
@@ -38,14 +42,13 @@ CREATE TABLE users (
 ) STRICT;
 CREATE INDEX users_trashed ON users (trashed_at) WHERE trashed_at IS NOT NULL;
 
--- Usernames and aliases share one key space: a name is unique across both.
+-- The normalised keys of usernames and aliases share one key space: a name is unique
+-- across both, and two names of one user that normalise alike share a key.
 CREATE TABLE logins (
-    key      TEXT PRIMARY KEY,
-    user_id  TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    position INTEGER NOT NULL CHECK (position BETWEEN 0 AND 8),
-    name     TEXT NOT NULL,
-    UNIQUE (user_id, position)
+    key     TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE
 ) STRICT;
+CREATE INDEX logins_user ON logins (user_id);
 
 CREATE TABLE devices (
     id         TEXT PRIMARY KEY,
@@ -119,7 +122,10 @@ impl SqliteBackend {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|source| Error::Io { path: path.clone(), source })?;
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
         Self::open(config)
     }
 
@@ -129,21 +135,39 @@ impl SqliteBackend {
         let path = &config.path;
         let err = |e: rusqlite::Error| store_error(path, e);
         if !path.exists() {
-            return Err(Error::Store(format!("{}: no such file (create it with `sparekey init`)", path.display())));
+            return Err(Error::Store(format!(
+                "{}: no such file (create it with `sparekey init`)",
+                path.display()
+            )));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(Duration::from_millis(u64::from(config.busy_timeout_ms)))
             .map_err(err)?;
-        conn.busy_timeout(Duration::from_millis(u64::from(config.busy_timeout_ms))).map_err(err)?;
         let sync = match config.synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
-        conn.execute_batch(&format!("PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync};")).map_err(err)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(err)?;
+        conn.execute_batch(&format!(
+            "PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync};"
+        ))
+        .map_err(err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Store(format!("{}: cannot use WAL journal (got {mode})", path.display())));
+            return Err(Error::Store(format!(
+                "{}: cannot use WAL journal (got {mode})",
+                path.display()
+            )));
         }
-        let mut b = SqliteBackend { conn, path: path.clone() };
+        let mut b = SqliteBackend {
+            conn,
+            path: path.clone(),
+        };
         b.migrate()?;
         Ok(b)
     }
@@ -152,7 +176,10 @@ impl SqliteBackend {
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch("PRAGMA foreign_keys = ON;")?;
-        let mut b = SqliteBackend { conn, path: PathBuf::from(":memory:") };
+        let mut b = SqliteBackend {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
         b.migrate()?;
         Ok(b)
     }
@@ -160,7 +187,10 @@ impl SqliteBackend {
     fn migrate(&mut self) -> Result<()> {
         let path = self.path.clone();
         let err = |e: rusqlite::Error| store_error(&path, e);
-        let current: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let current: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
         let target = MIGRATIONS.len() as i64;
         if current == target {
             return Ok(());
@@ -173,18 +203,30 @@ impl SqliteBackend {
         }
         let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(err)?;
         // Another process may have migrated while this one waited for the lock.
-        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        let current: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
         for (i, step) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
             tx.execute_batch(step).map_err(err)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(err)?;
         }
         tx.commit().map_err(err)
     }
 
     /// Checks the database file's structure (`PRAGMA integrity_check`).
     pub fn integrity_check(&mut self) -> Result<()> {
-        let r: String = self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        if r == "ok" { Ok(()) } else { Err(Error::Store(format!("{}: integrity check: {r}", self.path.display()))) }
+        let r: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        if r == "ok" {
+            Ok(())
+        } else {
+            Err(Error::Store(format!(
+                "{}: integrity check: {r}",
+                self.path.display()
+            )))
+        }
     }
 }
 
@@ -194,25 +236,33 @@ fn store_error(path: &Path, e: rusqlite::Error) -> Error {
 
 impl Backend for SqliteBackend {
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
-        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(|e| store_error(&self.path, e))?;
+        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate)
+            .map_err(|e| store_error(&self.path, e))?;
         Ok(Box::new(SqliteTx { tx }))
     }
 
     fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>> {
-        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Deferred).map_err(|e| store_error(&self.path, e))?;
+        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Deferred)
+            .map_err(|e| store_error(&self.path, e))?;
         Ok(Box::new(SqliteTx { tx }))
     }
 
     fn normalization(&mut self) -> Result<Option<Normalization>> {
         let v: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'username_normalization'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'username_normalization'",
+                [],
+                |r| r.get(0),
+            )
             .optional()?;
         match v.as_deref() {
             None => Ok(None),
             Some("simple") => Ok(Some(Normalization::Simple)),
             Some("none") => Ok(Some(Normalization::None)),
-            Some(other) => Err(Error::Store(format!("unknown username_normalization {other:?} in store"))),
+            Some(other) => Err(Error::Store(format!(
+                "unknown username_normalization {other:?} in store"
+            ))),
         }
     }
 
@@ -231,7 +281,7 @@ struct SqliteTx<'a> {
 }
 
 const USER_COLUMNS: &str = "id, username, realname, email, notes, status, lockout_reason, lockout_since, \
-                            failed_attempts, created_at, last_login, trashed_at";
+                            failed_attempts, created_at, last_login, trashed_at, aliases";
 const CODE_COLUMNS: &str =
     "id, user_id, digest, scheme, created_at, created_by, expires_at, uses_remaining, reuse_count";
 const DEVICE_COLUMNS: &str = "id, user_id, kind, name, created_at";
@@ -239,20 +289,32 @@ const DEVICE_COLUMNS: &str = "id, user_id, kind, name, created_at";
 /// Turns a stored text column back into a typed value; a bad value is a corrupt store.
 fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
     let s: String = row.get(i)?;
-    s.parse().map_err(|_| rusqlite::Error::InvalidColumnType(i, format!("unexpected value {s:?}"), rusqlite::types::Type::Text))
+    s.parse().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(
+            i,
+            format!("unexpected value {s:?}"),
+            rusqlite::types::Type::Text,
+        )
+    })
 }
 
 fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
     let username: String = row.get(1)?;
-    let lockout = match (row.get::<_, Option<String>>(6)?, row.get::<_, Option<i64>>(7)?) {
+    let lockout = match (
+        row.get::<_, Option<String>>(6)?,
+        row.get::<_, Option<i64>>(7)?,
+    ) {
         (Some(reason), Some(since)) => Some(Lockout { reason, since }),
         _ => None,
     };
     Ok(User {
         id: UserId::from_string(row.get::<_, String>(0)?),
-        username: Username::parse(&username)
-            .map_err(|_| rusqlite::Error::InvalidColumnType(1, "username".into(), rusqlite::types::Type::Text))?,
-        aliases: Vec::new(),
+        username: Username::parse(&username).map_err(|_| {
+            rusqlite::Error::InvalidColumnType(1, "username".into(), rusqlite::types::Type::Text)
+        })?,
+        aliases: serde_json::from_str(&row.get::<_, String>(12)?).map_err(|_| {
+            rusqlite::Error::InvalidColumnType(12, "aliases".into(), rusqlite::types::Type::Text)
+        })?,
         realname: row.get(2)?,
         email: row.get(3)?,
         notes: row.get(4)?,
@@ -267,9 +329,9 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
 
 fn code_row(row: &Row<'_>) -> rusqlite::Result<CodeRecord> {
     let digest: Vec<u8> = row.get(2)?;
-    let digest: [u8; 32] = digest
-        .try_into()
-        .map_err(|_| rusqlite::Error::InvalidColumnType(2, "digest".into(), rusqlite::types::Type::Blob))?;
+    let digest: [u8; 32] = digest.try_into().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(2, "digest".into(), rusqlite::types::Type::Blob)
+    })?;
     Ok(CodeRecord {
         id: CodeId::from_string(row.get::<_, String>(0)?),
         user_id: UserId::from_string(row.get::<_, String>(1)?),
@@ -304,39 +366,38 @@ fn audit_row(row: &Row<'_>) -> rusqlite::Result<AuditEvent> {
         code_id: row.get(6)?,
         outcome: row.get(7)?,
         reason: row.get(8)?,
-        source: Source { address: row.get(9)?, station: row.get(10)?, nas: row.get(11)?, tty: row.get(12)? },
+        source: Source {
+            address: row.get(9)?,
+            station: row.get(10)?,
+            nas: row.get(11)?,
+            tty: row.get(12)?,
+        },
         detail: row.get(13)?,
     })
 }
 
 impl SqliteTx<'_> {
-    fn with_aliases(&mut self, mut user: User) -> Result<User> {
-        let mut st = self.tx.prepare_cached("SELECT name FROM logins WHERE user_id = ?1 AND position > 0 ORDER BY position")?;
-        let names = st.query_map([user.id.as_str()], |r| r.get::<_, String>(0))?;
-        for n in names {
-            let n = n?;
-            user.aliases.push(Username::parse(&n).map_err(|_| Error::Store(format!("bad alias {n:?} in store")))?);
-        }
-        Ok(user)
-    }
-
     fn write_logins(&mut self, user: &User, keys: &[LoginKey]) -> Result<()> {
-        let names = std::iter::once(&user.username).chain(&user.aliases);
-        let mut st = self.tx.prepare_cached("INSERT INTO logins (key, user_id, position, name) VALUES (?1, ?2, ?3, ?4)")?;
-        for (pos, (key, name)) in keys.iter().zip(names).enumerate() {
-            st.execute(params![key.as_str(), user.id.as_str(), pos as i64, name.as_str()]).map_err(|e| conflict(e, key))?;
+        let mut st = self
+            .tx
+            .prepare_cached("INSERT INTO logins (key, user_id) VALUES (?1, ?2)")?;
+        for key in keys {
+            st.execute(params![key.as_str(), user.id.as_str()])
+                .map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _)
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        Error::Conflict(format!("name {} is already used", key.as_str()))
+                    }
+                    e => e.into(),
+                })?;
         }
         Ok(())
     }
 }
 
-fn conflict(e: rusqlite::Error, key: &LoginKey) -> Error {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Error::Conflict(format!("name {} is already used", key.as_str()))
-        }
-        e => e.into(),
-    }
+fn aliases_json(u: &User) -> Result<String> {
+    serde_json::to_string(&u.aliases).map_err(|e| Error::Store(format!("encoding aliases: {e}")))
 }
 
 impl Tx for SqliteTx<'_> {
@@ -345,21 +406,25 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>> {
-        let mut st = self.tx.prepare_cached("SELECT user_id FROM logins WHERE key = ?1")?;
-        Ok(st.query_row([key.as_str()], |r| r.get::<_, String>(0)).optional()?.map(UserId::from_string))
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT user_id FROM logins WHERE key = ?1")?;
+        Ok(st
+            .query_row([key.as_str()], |r| r.get::<_, String>(0))
+            .optional()?
+            .map(UserId::from_string))
     }
 
     fn user(&mut self, id: &UserId) -> Result<Option<User>> {
-        let user = {
-            let mut st = self.tx.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?;
-            st.query_row([id.as_str()], user_row).optional()?
-        };
-        user.map(|u| self.with_aliases(u)).transpose()
+        let mut st = self
+            .tx
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?;
+        Ok(st.query_row([id.as_str()], user_row).optional()?)
     }
 
     fn insert_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
         let mut st = self.tx.prepare_cached(&format!(
-            "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))?;
         st.execute(params![
             u.id.as_str(),
@@ -374,6 +439,7 @@ impl Tx for SqliteTx<'_> {
             u.created_at,
             u.last_login,
             u.trashed_at,
+            aliases_json(u)?,
         ])?;
         drop(st);
         self.write_logins(u, keys)
@@ -381,9 +447,22 @@ impl Tx for SqliteTx<'_> {
 
     fn update_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
         self.tx
-            .prepare_cached("UPDATE users SET username = ?2, realname = ?3, email = ?4, notes = ?5, status = ?6 WHERE id = ?1")?
-            .execute(params![u.id.as_str(), u.username.as_str(), u.realname, u.email, u.notes, u.status.as_str()])?;
-        self.tx.prepare_cached("DELETE FROM logins WHERE user_id = ?1")?.execute([u.id.as_str()])?;
+            .prepare_cached(
+                "UPDATE users SET username = ?2, realname = ?3, email = ?4, notes = ?5, status = ?6, aliases = ?7
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                u.id.as_str(),
+                u.username.as_str(),
+                u.realname,
+                u.email,
+                u.notes,
+                u.status.as_str(),
+                aliases_json(u)?
+            ])?;
+        self.tx
+            .prepare_cached("DELETE FROM logins WHERE user_id = ?1")?
+            .execute([u.id.as_str()])?;
         self.write_logins(u, keys)?;
         self.update_user_state(u)
     }
@@ -405,73 +484,106 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn delete_user(&mut self, id: &UserId) -> Result<()> {
-        self.tx.prepare_cached("DELETE FROM users WHERE id = ?1")?.execute([id.as_str()])?;
+        self.tx
+            .prepare_cached("DELETE FROM users WHERE id = ?1")?
+            .execute([id.as_str()])?;
         Ok(())
     }
 
     fn list_users(&mut self, f: &UserFilter) -> Result<Vec<User>> {
-        let users: Vec<User> = {
-            let mut st = self.tx.prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users
+        let mut st = self.tx.prepare_cached(&format!(
+            "SELECT {USER_COLUMNS} FROM users
                  WHERE (?1 IS NULL OR status = ?1)
                    AND (?2 IS NULL OR (trashed_at IS NOT NULL) = ?2)
                    AND (?3 = 0 OR lockout_reason IS NOT NULL)
                  ORDER BY username, id"
-            ))?;
-            st.query_map(params![f.status.map(Status::as_str), f.trashed, f.locked], user_row)?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        users.into_iter().map(|u| self.with_aliases(u)).collect()
+        ))?;
+        Ok(st
+            .query_map(
+                params![f.status.map(Status::as_str), f.trashed, f.locked],
+                user_row,
+            )?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn trashed_before(&mut self, t: i64) -> Result<Vec<UserId>> {
-        let mut st = self.tx.prepare_cached("SELECT id FROM users WHERE trashed_at IS NOT NULL AND trashed_at <= ?1")?;
-        let ids = st.query_map([t], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = self.tx.prepare_cached(
+            "SELECT id FROM users WHERE trashed_at IS NOT NULL AND trashed_at <= ?1",
+        )?;
+        let ids = st
+            .query_map([t], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(ids.into_iter().map(UserId::from_string).collect())
     }
 
     fn devices(&mut self, user: &UserId) -> Result<Vec<Device>> {
-        let mut st =
-            self.tx.prepare_cached(&format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 ORDER BY created_at, id"))?;
-        Ok(st.query_map([user.as_str()], device_row)?.collect::<rusqlite::Result<_>>()?)
+        let mut st = self.tx.prepare_cached(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 ORDER BY created_at, id"
+        ))?;
+        Ok(st
+            .query_map([user.as_str()], device_row)?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn device_count(&mut self, user: &UserId) -> Result<u64> {
-        let mut st = self.tx.prepare_cached("SELECT count(*) FROM devices WHERE user_id = ?1")?;
-        Ok(st.query_row([user.as_str()], |r| r.get::<_, i64>(0))?.max(0) as u64)
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT count(*) FROM devices WHERE user_id = ?1")?;
+        Ok(st
+            .query_row([user.as_str()], |r| r.get::<_, i64>(0))?
+            .max(0) as u64)
     }
 
     fn insert_device(&mut self, d: &Device) -> Result<()> {
-        let mut st = self.tx.prepare_cached(&format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"))?;
-        st.execute(params![d.id.as_str(), d.user_id.as_str(), d.kind.as_str(), d.name, d.created_at])?;
+        let mut st = self.tx.prepare_cached(&format!(
+            "INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+        ))?;
+        st.execute(params![
+            d.id.as_str(),
+            d.user_id.as_str(),
+            d.kind.as_str(),
+            d.name,
+            d.created_at
+        ])?;
         Ok(())
     }
 
     fn delete_device(&mut self, user: &UserId, id: &DeviceId) -> Result<bool> {
-        let mut st = self.tx.prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND id = ?2")?;
+        let mut st = self
+            .tx
+            .prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND id = ?2")?;
         Ok(st.execute([user.as_str(), id.as_str()])? > 0)
     }
 
     fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>> {
-        let mut st =
-            self.tx.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE user_id = ?1 ORDER BY created_at, id"))?;
-        Ok(st.query_map([user.as_str()], code_row)?.collect::<rusqlite::Result<_>>()?)
+        let mut st = self.tx.prepare_cached(&format!(
+            "SELECT {CODE_COLUMNS} FROM codes WHERE user_id = ?1 ORDER BY created_at, id"
+        ))?;
+        Ok(st
+            .query_map([user.as_str()], code_row)?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn all_codes(&mut self) -> Result<Vec<CodeRecord>> {
-        let mut st = self.tx.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes ORDER BY created_at, id"))?;
-        Ok(st.query_map([], code_row)?.collect::<rusqlite::Result<_>>()?)
+        let mut st = self.tx.prepare_cached(&format!(
+            "SELECT {CODE_COLUMNS} FROM codes ORDER BY created_at, id"
+        ))?;
+        Ok(st
+            .query_map([], code_row)?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>> {
-        let mut st = self.tx.prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE id = ?1"))?;
+        let mut st = self
+            .tx
+            .prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE id = ?1"))?;
         Ok(st.query_row([id.as_str()], code_row).optional()?)
     }
 
     fn insert_code(&mut self, c: &CodeRecord) -> Result<()> {
-        let mut st = self
-            .tx
-            .prepare_cached(&format!("INSERT INTO codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
+        let mut st = self.tx.prepare_cached(&format!(
+            "INSERT INTO codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))?;
         st.execute(params![
             c.id.as_str(),
             c.user_id.as_str(),
@@ -487,16 +599,25 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn set_code_uses(&mut self, id: &CodeId, uses: u32) -> Result<()> {
-        self.tx.prepare_cached("UPDATE codes SET uses_remaining = ?2 WHERE id = ?1")?.execute(params![id.as_str(), uses])?;
+        self.tx
+            .prepare_cached("UPDATE codes SET uses_remaining = ?2 WHERE id = ?1")?
+            .execute(params![id.as_str(), uses])?;
         Ok(())
     }
 
     fn delete_code(&mut self, id: &CodeId) -> Result<bool> {
-        Ok(self.tx.prepare_cached("DELETE FROM codes WHERE id = ?1")?.execute([id.as_str()])? > 0)
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM codes WHERE id = ?1")?
+            .execute([id.as_str()])?
+            > 0)
     }
 
     fn delete_codes_of(&mut self, user: &UserId) -> Result<u64> {
-        Ok(self.tx.prepare_cached("DELETE FROM codes WHERE user_id = ?1")?.execute([user.as_str()])? as u64)
+        Ok(self
+            .tx
+            .prepare_cached("DELETE FROM codes WHERE user_id = ?1")?
+            .execute([user.as_str()])? as u64)
     }
 
     fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64> {
@@ -550,7 +671,12 @@ impl Tx for SqliteTx<'_> {
              ) ORDER BY id",
         )?;
         let limit = f.limit.map_or(-1, i64::from);
-        let rows = st.query_map(params![f.user_id, f.action, f.outcome, f.actor, f.since, f.until, limit], audit_row)?;
+        let rows = st.query_map(
+            params![
+                f.user_id, f.action, f.outcome, f.actor, f.since, f.until, limit
+            ],
+            audit_row,
+        )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

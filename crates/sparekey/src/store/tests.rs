@@ -15,8 +15,17 @@ struct Fixture {
 
 fn fixture_with(policy: Policy) -> Fixture {
     let clock = ManualClock::at(T0);
-    let store = Store::in_memory(DigestKey::from_bytes([7; 32]), policy, Arc::new(clock.clone())).unwrap();
-    Fixture { store, clock, ctx: Context::new("test") }
+    let store = Store::in_memory(
+        DigestKey::from_bytes([7; 32]),
+        policy,
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    Fixture {
+        store,
+        clock,
+        ctx: Context::new("test"),
+    }
 }
 
 fn fixture() -> Fixture {
@@ -26,18 +35,41 @@ fn fixture() -> Fixture {
 impl Fixture {
     /// An active user with one device.
     fn enrolled(&mut self, name: &str) -> User {
-        let u = self.store.add_user(NewUser { username: name.into(), ..NewUser::default() }, &self.ctx).unwrap();
-        self.store.add_device(name, DeviceKind::Phone, None, &self.ctx).unwrap();
+        let u = self
+            .store
+            .add_user(
+                NewUser {
+                    username: name.into(),
+                    ..NewUser::default()
+                },
+                &self.ctx,
+            )
+            .unwrap();
+        self.store
+            .add_device(name, DeviceKind::Phone, None, &self.ctx)
+            .unwrap();
         u
     }
 
     fn issue(&mut self, name: &str, req: CodeRequest) -> Vec<String> {
         let issued = self.store.generate_codes(name, req, &self.ctx).unwrap();
-        issued.codes.iter().map(|c| c.code.expose().to_owned()).collect()
+        issued
+            .codes
+            .iter()
+            .map(|c| c.code.expose().to_owned())
+            .collect()
     }
 
     fn one(&mut self, name: &str, reuse_count: u32, valid_secs: u64) -> String {
-        self.issue(name, CodeRequest { reuse_count, valid_secs, ..CodeRequest::default() }).remove(0)
+        self.issue(
+            name,
+            CodeRequest {
+                reuse_count,
+                valid_secs,
+                ..CodeRequest::default()
+            },
+        )
+        .remove(0)
     }
 
     fn verify(&mut self, login: &str, code: &str) -> Decision {
@@ -76,7 +108,10 @@ fn reuse_count_zero_is_unlimited() {
     for _ in 0..50 {
         assert_eq!(f.verify("alice", &code), Decision::Accept);
     }
-    assert_eq!(f.store.list_codes(Some("alice")).unwrap()[0].uses_remaining, None);
+    assert_eq!(
+        f.store.list_codes(Some("alice")).unwrap()[0].uses_remaining,
+        None
+    );
 }
 
 #[test]
@@ -106,7 +141,10 @@ fn valid_secs_zero_never_expires() {
 fn cli_defaults_follow_the_duo_admin_panel() {
     let mut f = fixture();
     f.enrolled("alice");
-    let issued = f.store.generate_codes("alice", CodeRequest::default(), &f.ctx).unwrap();
+    let issued = f
+        .store
+        .generate_codes("alice", CodeRequest::default(), &f.ctx)
+        .unwrap();
     assert_eq!(issued.codes.len(), 1);
     let c = &issued.codes[0];
     assert_eq!(c.code.expose().len(), 9);
@@ -118,11 +156,30 @@ fn cli_defaults_follow_the_duo_admin_panel() {
 fn generating_replaces_unless_preserving() {
     let mut f = fixture();
     f.enrolled("alice");
-    let old = f.issue("alice", CodeRequest { count: 3, ..CodeRequest::default() });
-    let new = f.issue("alice", CodeRequest { count: 2, ..CodeRequest::default() });
+    let old = f.issue(
+        "alice",
+        CodeRequest {
+            count: 3,
+            ..CodeRequest::default()
+        },
+    );
+    let new = f.issue(
+        "alice",
+        CodeRequest {
+            count: 2,
+            ..CodeRequest::default()
+        },
+    );
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 2);
     assert_eq!(f.verify("alice", &old[0]), WRONG);
-    let kept = f.issue("alice", CodeRequest { count: 1, preserve_existing: true, ..CodeRequest::default() });
+    let kept = f.issue(
+        "alice",
+        CodeRequest {
+            count: 1,
+            preserve_existing: true,
+            ..CodeRequest::default()
+        },
+    );
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 3);
     assert_eq!(f.verify("alice", &new[0]), Decision::Accept);
     assert_eq!(f.verify("alice", &kept[0]), Decision::Accept);
@@ -132,7 +189,12 @@ fn generating_replaces_unless_preserving() {
 fn the_hundred_cap_is_all_or_nothing() {
     let mut f = fixture();
     f.enrolled("alice");
-    let p = |count| CodeRequest { count, preserve_existing: true, valid_secs: 0, ..CodeRequest::default() };
+    let p = |count| CodeRequest {
+        count,
+        preserve_existing: true,
+        valid_secs: 0,
+        ..CodeRequest::default()
+    };
     for _ in 0..9 {
         f.issue("alice", p(10));
     }
@@ -140,12 +202,22 @@ fn the_hundred_cap_is_all_or_nothing() {
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 95);
     let e = f.store.generate_codes("alice", p(6), &f.ctx).unwrap_err();
     assert!(matches!(e, Error::Limit(_)), "{e}");
-    assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 95, "nothing was added");
+    assert_eq!(
+        f.store.list_codes(Some("alice")).unwrap().len(),
+        95,
+        "nothing was added"
+    );
     f.issue("alice", p(5));
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 100);
     assert!(f.store.generate_codes("alice", p(1), &f.ctx).is_err());
     // Replacing is always possible.
-    f.issue("alice", CodeRequest { count: 10, ..CodeRequest::default() });
+    f.issue(
+        "alice",
+        CodeRequest {
+            count: 10,
+            ..CodeRequest::default()
+        },
+    );
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 10);
 }
 
@@ -154,10 +226,25 @@ fn expired_codes_do_not_count_against_the_cap() {
     let mut f = fixture();
     f.enrolled("alice");
     for _ in 0..10 {
-        f.issue("alice", CodeRequest { count: 10, preserve_existing: true, valid_secs: 10, ..CodeRequest::default() });
+        f.issue(
+            "alice",
+            CodeRequest {
+                count: 10,
+                preserve_existing: true,
+                valid_secs: 10,
+                ..CodeRequest::default()
+            },
+        );
     }
     f.clock.advance(10);
-    f.issue("alice", CodeRequest { count: 10, preserve_existing: true, ..CodeRequest::default() });
+    f.issue(
+        "alice",
+        CodeRequest {
+            count: 10,
+            preserve_existing: true,
+            ..CodeRequest::default()
+        },
+    );
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 10);
 }
 
@@ -166,11 +253,33 @@ fn per_call_limits() {
     let mut f = fixture();
     f.enrolled("alice");
     for count in [0, 11] {
-        assert!(f.store.generate_codes("alice", CodeRequest { count, ..CodeRequest::default() }, &f.ctx).is_err());
+        assert!(
+            f.store
+                .generate_codes(
+                    "alice",
+                    CodeRequest {
+                        count,
+                        ..CodeRequest::default()
+                    },
+                    &f.ctx
+                )
+                .is_err()
+        );
     }
     let eleven: Vec<String> = (0..11).map(|i| format!("{:09}", 100_000_000 + i)).collect();
     let codes = eleven.iter().map(|c| Passcode::parse(c).unwrap()).collect();
-    assert!(f.store.generate_codes("alice", CodeRequest { codes, ..CodeRequest::default() }, &f.ctx).is_err());
+    assert!(
+        f.store
+            .generate_codes(
+                "alice",
+                CodeRequest {
+                    codes,
+                    ..CodeRequest::default()
+                },
+                &f.ctx
+            )
+            .is_err()
+    );
     assert!(f.store.list_codes(Some("alice")).unwrap().is_empty());
 }
 
@@ -179,16 +288,29 @@ fn custom_codes_and_duplicates() {
     let mut f = fixture();
     f.enrolled("alice");
     f.enrolled("bob");
-    let req = |codes: &[&str], preserve| CodeRequest { codes: custom(codes), preserve_existing: preserve, ..CodeRequest::default() };
+    let req = |codes: &[&str], preserve| CodeRequest {
+        codes: custom(codes),
+        preserve_existing: preserve,
+        ..CodeRequest::default()
+    };
     f.issue("alice", req(&["123456", "12345678901234567890"], false));
     // The same code for another user is fine: digests are per user.
     f.issue("bob", req(&["123456"], false));
     // Twice in one request: refused.
-    let e = f.store.generate_codes("alice", req(&["555555", "555555"], true), &f.ctx).unwrap_err();
+    let e = f
+        .store
+        .generate_codes("alice", req(&["555555", "555555"], true), &f.ctx)
+        .unwrap_err();
     assert!(matches!(e, Error::Conflict(_)), "{e}");
     // Against an existing code with --preserve-existing: refused, and nothing added.
-    let e = f.store.generate_codes("alice", req(&["777777", "123456"], true), &f.ctx).unwrap_err();
-    assert!(!e.to_string().contains("123456"), "the error must not repeat the code: {e}");
+    let e = f
+        .store
+        .generate_codes("alice", req(&["777777", "123456"], true), &f.ctx)
+        .unwrap_err();
+    assert!(
+        !e.to_string().contains("123456"),
+        "the error must not repeat the code: {e}"
+    );
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 2);
     assert_eq!(f.verify("alice", "777777"), WRONG);
     // Replacing, the old code may be issued again.
@@ -203,21 +325,38 @@ fn temporary_otps_follow_onelogin() {
     let mut f = fixture();
     f.enrolled("alice");
     let kept = f.one("alice", 1, 0);
-    let t = f.store.temp_code("alice", MAX_TEMP_VALID_SECS, false, &f.ctx).unwrap();
+    let t = f
+        .store
+        .temp_code("alice", MAX_TEMP_VALID_SECS, false, &f.ctx)
+        .unwrap();
     assert_eq!(t.code.expose().len(), 8);
     assert_eq!(t.info.expires_at, Some(T0 + 72 * 3600));
     let code = t.code.expose().to_owned();
     assert_eq!(f.verify("alice", &code), Decision::Accept);
     assert_eq!(f.verify("alice", &code), WRONG);
-    assert_eq!(f.verify("alice", &kept), Decision::Accept, "a temporary OTP keeps existing codes");
+    assert_eq!(
+        f.verify("alice", &kept),
+        Decision::Accept,
+        "a temporary OTP keeps existing codes"
+    );
 
-    let r = f.store.temp_code("alice", 600, true, &f.ctx).unwrap().code.expose().to_owned();
+    let r = f
+        .store
+        .temp_code("alice", 600, true, &f.ctx)
+        .unwrap()
+        .code
+        .expose()
+        .to_owned();
     for _ in 0..5 {
         assert_eq!(f.verify("alice", &r), Decision::Accept);
     }
     f.clock.advance(600);
     assert_eq!(f.verify("alice", &r), Decision::Reject(Reason::Expired));
-    assert!(f.store.temp_code("alice", MAX_TEMP_VALID_SECS + 1, false, &f.ctx).is_err());
+    assert!(
+        f.store
+            .temp_code("alice", MAX_TEMP_VALID_SECS + 1, false, &f.ctx)
+            .is_err()
+    );
     assert!(f.store.temp_code("alice", 0, false, &f.ctx).is_err());
 }
 
@@ -229,26 +368,50 @@ fn nothing_can_extend_a_code() {
     let user = f.store.find_user("alice").unwrap().id;
     let mut tx = f.store.backend.begin().unwrap();
     let id = tx.codes(&user).unwrap()[0].id.clone();
-    assert!(tx.set_code_uses(&id, 5).is_err(), "raising uses must be refused by the store");
+    assert!(
+        tx.set_code_uses(&id, 5).is_err(),
+        "raising uses must be refused by the store"
+    );
     assert!(tx.set_code_uses(&id, 1).is_ok());
 }
 
 #[test]
 fn lockout_after_threshold_and_unlock() {
-    let mut f = fixture_with(Policy { lockout_threshold: 3, ..Policy::default() });
+    let mut f = fixture_with(Policy {
+        lockout_threshold: 3,
+        ..Policy::default()
+    });
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     assert_eq!(f.verify("alice", "000000"), WRONG);
-    assert_eq!(f.verify("alice", &code), Decision::Accept, "a success clears the counter");
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Accept,
+        "a success clears the counter"
+    );
     assert_eq!(f.verify("alice", "000000"), WRONG);
     assert_eq!(f.verify("alice", "000000"), WRONG);
     let v = f.store.verify("alice", "000000", &f.ctx).unwrap();
     assert_eq!(v.decision, WRONG);
     assert!(v.locked_now);
-    assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::LockedOut), "even the right code");
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Reject(Reason::LockedOut),
+        "even the right code"
+    );
     f.clock.advance(365 * 86_400);
-    assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::LockedOut), "no auto-unlock by default");
-    let lockouts = f.store.audit(&AuditFilter { action: Some("user.lockout".into()), ..AuditFilter::default() }).unwrap();
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Reject(Reason::LockedOut),
+        "no auto-unlock by default"
+    );
+    let lockouts = f
+        .store
+        .audit(&AuditFilter {
+            action: Some("user.lockout".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
     assert_eq!(lockouts.len(), 1);
     f.store.unlock_user("alice", &f.ctx).unwrap();
     assert_eq!(f.verify("alice", &code), Decision::Accept);
@@ -257,20 +420,30 @@ fn lockout_after_threshold_and_unlock() {
 
 #[test]
 fn automatic_unlock_when_configured() {
-    let mut f = fixture_with(Policy { lockout_threshold: 2, lockout_auto_unlock_secs: 300, ..Policy::default() });
+    let mut f = fixture_with(Policy {
+        lockout_threshold: 2,
+        lockout_auto_unlock_secs: 300,
+        ..Policy::default()
+    });
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     f.verify("alice", "000000");
     f.verify("alice", "000000");
     f.clock.advance(299);
-    assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::LockedOut));
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Reject(Reason::LockedOut)
+    );
     f.clock.advance(1);
     assert_eq!(f.verify("alice", &code), Decision::Accept);
 }
 
 #[test]
 fn threshold_zero_never_locks() {
-    let mut f = fixture_with(Policy { lockout_threshold: 0, ..Policy::default() });
+    let mut f = fixture_with(Policy {
+        lockout_threshold: 0,
+        ..Policy::default()
+    });
     f.enrolled("alice");
     let code = f.one("alice", 1, 0);
     for _ in 0..100 {
@@ -285,7 +458,16 @@ fn statuses() {
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     let set = |f: &mut Fixture, s| {
-        f.store.update_user("alice", UserUpdate { status: Some(s), ..UserUpdate::default() }, &f.ctx).unwrap();
+        f.store
+            .update_user(
+                "alice",
+                UserUpdate {
+                    status: Some(s),
+                    ..UserUpdate::default()
+                },
+                &f.ctx,
+            )
+            .unwrap();
     };
     set(&mut f, Status::Disabled);
     assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::Disabled));
@@ -295,22 +477,48 @@ fn statuses() {
     assert_eq!(v.code_id, None);
     set(&mut f, Status::Active);
     assert_eq!(f.verify("alice", &code), Decision::Accept);
-    assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 1, "bypass consumed nothing");
+    assert_eq!(
+        f.store.list_codes(Some("alice")).unwrap().len(),
+        1,
+        "bypass consumed nothing"
+    );
 }
 
 #[test]
 fn not_enrolled_users_cannot_use_codes() {
     let mut f = fixture();
-    f.store.add_user(NewUser { username: "carol".into(), ..NewUser::default() }, &f.ctx).unwrap();
-    let issued = f.store.generate_codes("carol", CodeRequest::default(), &f.ctx).unwrap();
+    f.store
+        .add_user(
+            NewUser {
+                username: "carol".into(),
+                ..NewUser::default()
+            },
+            &f.ctx,
+        )
+        .unwrap();
+    let issued = f
+        .store
+        .generate_codes("carol", CodeRequest::default(), &f.ctx)
+        .unwrap();
     assert!(!issued.enrolled);
     let code = issued.codes[0].code.expose().to_owned();
-    assert_eq!(f.verify("carol", &code), Decision::Reject(Reason::NotEnrolled));
-    let d = f.store.add_device("carol", DeviceKind::Token, Some("yubikey".into()), &f.ctx).unwrap();
+    assert_eq!(
+        f.verify("carol", &code),
+        Decision::Reject(Reason::NotEnrolled)
+    );
+    let d = f
+        .store
+        .add_device("carol", DeviceKind::Token, Some("yubikey".into()), &f.ctx)
+        .unwrap();
     assert_eq!(f.verify("carol", &code), Decision::Accept);
     let code = f.one("carol", 1, 0);
-    f.store.remove_device("carol", d.id.as_str(), &f.ctx).unwrap();
-    assert_eq!(f.verify("carol", &code), Decision::Reject(Reason::NotEnrolled));
+    f.store
+        .remove_device("carol", d.id.as_str(), &f.ctx)
+        .unwrap();
+    assert_eq!(
+        f.verify("carol", &code),
+        Decision::Reject(Reason::NotEnrolled)
+    );
 }
 
 #[test]
@@ -318,9 +526,15 @@ fn unknown_users_and_malformed_input_are_rejected() {
     let mut f = fixture();
     f.enrolled("alice");
     let code = f.one("alice", 1, 0);
-    assert_eq!(f.verify("mallory", &code), Decision::Reject(Reason::UnknownUser));
+    assert_eq!(
+        f.verify("mallory", &code),
+        Decision::Reject(Reason::UnknownUser)
+    );
     for login in ["", "a\0b", &"x".repeat(10_000)] {
-        assert_eq!(f.verify(login, &code), Decision::Reject(Reason::UnknownUser));
+        assert_eq!(
+            f.verify(login, &code),
+            Decision::Reject(Reason::UnknownUser)
+        );
     }
     for bad in ["", "12345", "abcdefgh", &"1".repeat(10_000), "123\0456789"] {
         assert_eq!(f.verify("alice", bad), WRONG);
@@ -328,7 +542,11 @@ fn unknown_users_and_malformed_input_are_rejected() {
     // A login that looks like a code is not recorded.
     f.verify("987654321", "123456");
     let events = f.store.audit(&AuditFilter::default()).unwrap();
-    assert!(events.iter().all(|e| e.username.as_deref() != Some("987654321")));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.username.as_deref() != Some("987654321"))
+    );
     // Malformed codes counted as failures (five), but not enough to lock alice out.
     assert_eq!(f.store.find_user("alice").unwrap().failed_attempts, 5);
     assert_eq!(f.verify("alice", &code), Decision::Accept);
@@ -337,39 +555,116 @@ fn unknown_users_and_malformed_input_are_rejected() {
 #[test]
 fn aliases_and_normalisation() {
     let mut f = fixture();
-    let new = NewUser { username: "Narroway".into(), aliases: vec!["n.arroway@example.com".into(), "ellie".into()], ..NewUser::default() };
+    let new = NewUser {
+        username: "Narroway".into(),
+        aliases: vec!["n.arroway@example.com".into(), "ellie".into()],
+        ..NewUser::default()
+    };
     f.store.add_user(new, &f.ctx).unwrap();
-    f.store.add_device("narroway", DeviceKind::Phone, None, &f.ctx).unwrap();
-    let codes = f.issue("narroway", CodeRequest { count: 4, ..CodeRequest::default() });
+    f.store
+        .add_device("narroway", DeviceKind::Phone, None, &f.ctx)
+        .unwrap();
+    let codes = f.issue(
+        "narroway",
+        CodeRequest {
+            count: 4,
+            ..CodeRequest::default()
+        },
+    );
     assert_eq!(f.verify("EXAMPLE\\narroway", &codes[0]), Decision::Accept);
-    assert_eq!(f.verify("narroway@example.com", &codes[1]), Decision::Accept);
+    assert_eq!(
+        f.verify("narroway@example.com", &codes[1]),
+        Decision::Accept
+    );
     assert_eq!(f.verify("N.Arroway", &codes[2]), Decision::Accept);
     assert_eq!(f.verify("ellie@corp", &codes[3]), Decision::Accept);
 
     // Names are unique across usernames and aliases, after normalisation.
-    let e = f.store.add_user(NewUser { username: "ELLIE".into(), ..NewUser::default() }, &f.ctx).unwrap_err();
+    let e = f
+        .store
+        .add_user(
+            NewUser {
+                username: "ELLIE".into(),
+                ..NewUser::default()
+            },
+            &f.ctx,
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::Conflict(_)), "{e}");
-    let e = f.store.add_user(NewUser { username: "x".into(), aliases: vec!["narroway".into()], ..NewUser::default() }, &f.ctx);
+    let e = f.store.add_user(
+        NewUser {
+            username: "x".into(),
+            aliases: vec!["narroway".into()],
+            ..NewUser::default()
+        },
+        &f.ctx,
+    );
     assert!(e.is_err());
-    let e = f.store.add_user(NewUser { username: "y".into(), aliases: vec!["z".into(), "Z".into()], ..NewUser::default() }, &f.ctx);
-    assert!(e.is_err());
+    let e = f.store.add_user(
+        NewUser {
+            username: "y".into(),
+            aliases: vec!["z".into(), "z".into()],
+            ..NewUser::default()
+        },
+        &f.ctx,
+    );
+    assert!(e.is_err(), "the same alias twice");
+    // Names that normalise alike are one login: allowed, and both work.
+    let new = NewUser {
+        username: "yves".into(),
+        aliases: vec!["Yves@example.com".into(), "CORP\\yves".into()],
+        ..NewUser::default()
+    };
+    f.store.add_user(new, &f.ctx).unwrap();
+    assert_eq!(f.store.find_user("yves@corp").unwrap().aliases.len(), 2);
     let nine: Vec<String> = (0..9).map(|i| format!("a{i}")).collect();
-    let e = f.store.add_user(NewUser { username: "w".into(), aliases: nine, ..NewUser::default() }, &f.ctx).unwrap_err();
+    let e = f
+        .store
+        .add_user(
+            NewUser {
+                username: "w".into(),
+                aliases: nine,
+                ..NewUser::default()
+            },
+            &f.ctx,
+        )
+        .unwrap_err();
     assert!(matches!(e, Error::Limit(_)), "{e}");
 
     // Renaming frees the old names.
-    let up = UserUpdate { remove_aliases: vec!["ELLIE".into()], add_aliases: vec!["arroway".into()], ..UserUpdate::default() };
+    let up = UserUpdate {
+        remove_aliases: vec!["ELLIE".into()],
+        add_aliases: vec!["arroway".into()],
+        ..UserUpdate::default()
+    };
     f.store.update_user("narroway", up, &f.ctx).unwrap();
-    f.store.add_user(NewUser { username: "ellie".into(), ..NewUser::default() }, &f.ctx).unwrap();
-    assert_eq!(f.store.find_user("arroway").unwrap().username.as_str(), "Narroway");
+    f.store
+        .add_user(
+            NewUser {
+                username: "ellie".into(),
+                ..NewUser::default()
+            },
+            &f.ctx,
+        )
+        .unwrap();
+    assert_eq!(
+        f.store.find_user("arroway").unwrap().username.as_str(),
+        "Narroway"
+    );
 }
 
 #[test]
 fn exact_matching_without_normalisation() {
-    let mut f = fixture_with(Policy { username_normalization: Normalization::None, ..Policy::default() });
+    let mut f = fixture_with(Policy {
+        username_normalization: Normalization::None,
+        ..Policy::default()
+    });
     f.enrolled("Alice");
     let code = f.one("Alice", 0, 0);
-    assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::UnknownUser));
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Reject(Reason::UnknownUser)
+    );
     assert_eq!(f.verify("Alice", &code), Decision::Accept);
 }
 
@@ -379,12 +674,33 @@ fn trash_restore_and_purge() {
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     f.store.trash_user("alice", &f.ctx).unwrap();
-    assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::UnknownUser));
-    assert!(f.store.generate_codes("alice", CodeRequest::default(), &f.ctx).is_err());
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Reject(Reason::UnknownUser)
+    );
+    assert!(
+        f.store
+            .generate_codes("alice", CodeRequest::default(), &f.ctx)
+            .is_err()
+    );
     // The name stays taken while the user is in the trash.
-    assert!(f.store.add_user(NewUser { username: "alice".into(), ..NewUser::default() }, &f.ctx).is_err());
+    assert!(
+        f.store
+            .add_user(
+                NewUser {
+                    username: "alice".into(),
+                    ..NewUser::default()
+                },
+                &f.ctx
+            )
+            .is_err()
+    );
     f.store.restore_user("alice", &f.ctx).unwrap();
-    assert_eq!(f.verify("alice", &code), Decision::Accept, "restore brings back devices and codes");
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Accept,
+        "restore brings back devices and codes"
+    );
 
     f.store.trash_user("alice", &f.ctx).unwrap();
     f.clock.advance(7 * 86_400 - 1);
@@ -392,7 +708,16 @@ fn trash_restore_and_purge() {
     f.clock.advance(1);
     assert_eq!(f.store.purge(&f.ctx).unwrap().purged_users, ["alice"]);
     assert!(f.store.find_user("alice").unwrap_err().is_not_found());
-    let u = f.store.add_user(NewUser { username: "alice".into(), ..NewUser::default() }, &f.ctx).unwrap();
+    let u = f
+        .store
+        .add_user(
+            NewUser {
+                username: "alice".into(),
+                ..NewUser::default()
+            },
+            &f.ctx,
+        )
+        .unwrap();
     assert!(f.store.list_devices("alice").unwrap().is_empty());
     assert!(f.store.list_codes(Some(u.id.as_str())).unwrap().is_empty());
 }
@@ -401,8 +726,23 @@ fn trash_restore_and_purge() {
 fn purge_drops_expired_codes() {
     let mut f = fixture();
     f.enrolled("alice");
-    f.issue("alice", CodeRequest { count: 3, valid_secs: 10, ..CodeRequest::default() });
-    f.issue("alice", CodeRequest { count: 2, valid_secs: 0, preserve_existing: true, ..CodeRequest::default() });
+    f.issue(
+        "alice",
+        CodeRequest {
+            count: 3,
+            valid_secs: 10,
+            ..CodeRequest::default()
+        },
+    );
+    f.issue(
+        "alice",
+        CodeRequest {
+            count: 2,
+            valid_secs: 0,
+            preserve_existing: true,
+            ..CodeRequest::default()
+        },
+    );
     f.clock.advance(10);
     assert_eq!(f.store.purge(&f.ctx).unwrap().expired_codes, 3);
     assert_eq!(f.store.list_codes(None).unwrap().len(), 2);
@@ -412,26 +752,56 @@ fn purge_drops_expired_codes() {
 fn audit_records_actions_and_attempts_by_code_id_only() {
     let mut f = fixture();
     f.enrolled("alice");
-    let ctx = Context::new("radius:vpn").with_source(crate::Source { station: Some("10.0.0.9".into()), ..Default::default() });
-    let issued = f.store.generate_codes("alice", CodeRequest::default(), &f.ctx).unwrap();
+    let ctx = Context::new("radius:vpn").with_source(crate::Source {
+        station: Some("10.0.0.9".into()),
+        ..Default::default()
+    });
+    let issued = f
+        .store
+        .generate_codes("alice", CodeRequest::default(), &f.ctx)
+        .unwrap();
     let code = issued.codes[0].code.expose().to_owned();
     let v = f.store.verify("alice", &code, &ctx).unwrap();
     assert_eq!(v.code_id.as_ref(), Some(&issued.codes[0].info.id));
     f.store.verify("alice", &code, &ctx).unwrap();
     let all = f.store.audit(&AuditFilter::default()).unwrap();
     let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
-    assert_eq!(actions, ["user.add", "device.add", "code.generate", "auth", "auth"]);
+    assert_eq!(
+        actions,
+        ["user.add", "device.add", "code.generate", "auth", "auth"]
+    );
     let accept = &all[3];
-    assert_eq!((accept.actor.as_str(), accept.outcome.as_str()), ("radius:vpn", "accept"));
-    assert_eq!(accept.code_id.as_deref(), Some(issued.codes[0].info.id.as_str()));
+    assert_eq!(
+        (accept.actor.as_str(), accept.outcome.as_str()),
+        ("radius:vpn", "accept")
+    );
+    assert_eq!(
+        accept.code_id.as_deref(),
+        Some(issued.codes[0].info.id.as_str())
+    );
     assert_eq!(accept.source.station.as_deref(), Some("10.0.0.9"));
     assert_eq!(all[4].reason.as_deref(), Some("wrong_code"));
     let text = format!("{all:?}");
     assert!(!text.contains(&code));
-    let rejects = f.store.audit(&AuditFilter { outcome: Some("reject".into()), ..AuditFilter::default() }).unwrap();
+    let rejects = f
+        .store
+        .audit(&AuditFilter {
+            outcome: Some("reject".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
     assert_eq!(rejects.len(), 1);
-    let last = f.store.audit(&AuditFilter { limit: Some(2), ..AuditFilter::default() }).unwrap();
-    assert_eq!(last.iter().map(|e| e.id).collect::<Vec<_>>(), [all[3].id, all[4].id]);
+    let last = f
+        .store
+        .audit(&AuditFilter {
+            limit: Some(2),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        last.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [all[3].id, all[4].id]
+    );
 }
 
 #[test]
@@ -445,8 +815,23 @@ fn a_store_made_with_one_normalisation_refuses_another() {
     };
     let key = DigestKey::from_bytes([1; 32]);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(T0));
-    Store::with_backend(Box::new(SqliteBackend::create(&cfg).unwrap()), key.clone(), Policy::default(), clock.clone()).unwrap();
-    let none = Policy { username_normalization: Normalization::None, ..Policy::default() };
-    let e = Store::with_backend(Box::new(SqliteBackend::open(&cfg).unwrap()), key, none, clock).unwrap_err();
+    Store::with_backend(
+        Box::new(SqliteBackend::create(&cfg).unwrap()),
+        key.clone(),
+        Policy::default(),
+        clock.clone(),
+    )
+    .unwrap();
+    let none = Policy {
+        username_normalization: Normalization::None,
+        ..Policy::default()
+    };
+    let e = Store::with_backend(
+        Box::new(SqliteBackend::open(&cfg).unwrap()),
+        key,
+        none,
+        clock,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("username_normalization"), "{e}");
 }
