@@ -261,6 +261,13 @@ mod tests {
         assert!(e.contains("trash_retention_days"), "{e}");
         let e = parse("[stor]\n").unwrap_err().to_string();
         assert!(e.contains("stor"), "{e}");
+        let e = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[radius]\nsecret = \"hunter2\"\nsecret = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("line 6"),
+            "excerpts may hold secrets: {e}"
+        );
         assert!(parse("[store]\npath = \"\"\nkey_file = \"k\"\n").is_err());
         assert!(parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[policy]\nusername_normalization = \"loose\"\n").is_err());
     }

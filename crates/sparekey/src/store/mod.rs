@@ -819,10 +819,12 @@ impl Batch<'_> {
 /// Finds a user by login or id, trashed users included.
 pub(crate) fn find(tx: &mut dyn Tx, env: &Env<'_>, name: &str) -> Result<User> {
     let not_found = || Error::NotFound(format!("user {}", sanitize(name, 64)));
-    let id = match LoginKey::from_login(name, env.normalization()) {
-        Some(key) => tx.user_id_by_login(&key)?,
-        None => None,
+    let key = match Username::parse(name) {
+        Ok(u) => u.key(env.normalization()),
+        // A name that could never exist is a usage error, not a user who is missing.
+        Err(e) => return Err(e),
     };
+    let id = tx.user_id_by_login(&key)?;
     let id = match id {
         Some(id) => id,
         None if UserId::looks_like(name) => UserId::from_string(name),

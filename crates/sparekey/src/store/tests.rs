@@ -536,7 +536,7 @@ fn unknown_users_and_malformed_input_are_rejected() {
             Decision::Reject(Reason::UnknownUser)
         );
     }
-    for bad in ["", "12345", "abcdefgh", &"1".repeat(10_000), "123\0456789"] {
+    for bad in ["", "12345", "abcdefgh", &"1".repeat(10_000), "123\u{0}456789"] {
         assert_eq!(f.verify("alice", bad), WRONG);
     }
     // A login that looks like a code is not recorded.
