@@ -32,4 +32,4 @@ pub use passcode::Passcode;
 pub use store::{
     CodeRequest, Issued, IssuedCode, NewUser, PurgeReport, Store, UserFilter, UserUpdate,
 };
-pub use verify::{Decision, Reason, Verdict};
+pub use verify::{Account, Decision, Reason, Verdict};

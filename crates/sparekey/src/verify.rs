@@ -192,6 +192,52 @@ fn reject(user: Option<&User>, reason: Reason) -> Verdict {
     }
 }
 
+/// Whether a user's lockout holds at `env.now` (it may have run out, if auto-unlock is on).
+fn locked_out(user: &User, env: &Env<'_>) -> bool {
+    let auto = env.policy.lockout_auto_unlock_secs;
+    user.lockout.as_ref().is_some_and(|lock| auto == 0 || env.now < lock.since.saturating_add(auto as i64))
+}
+
+/// Where an account stands, without an attempt: what a front end asks before prompting
+/// (PAM's account management, a bypass user who needs no prompt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Account {
+    /// No user has this name or alias.
+    Unknown,
+    /// The user is in the trash.
+    Trashed,
+    /// The user's status is disabled.
+    Disabled,
+    /// The user is locked out.
+    LockedOut,
+    /// The user is in bypass status.
+    Bypass,
+    /// The user is active; `enrolled` says whether they have a device (and so can use a code).
+    Active {
+        /// Whether the user has at least one device.
+        enrolled: bool,
+    },
+}
+
+/// Looks up where an account stands. Changes nothing and audits nothing.
+pub(crate) fn account_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str) -> Result<Account> {
+    let Some(key) = LoginKey::from_login(login, env.normalization()) else { return Ok(Account::Unknown) };
+    let Some(id) = tx.user_id_by_login(&key)? else { return Ok(Account::Unknown) };
+    let Some(user) = tx.user(&id)? else { return Ok(Account::Unknown) };
+    Ok(if user.trashed_at.is_some() {
+        Account::Trashed
+    } else if user.status == Status::Disabled {
+        Account::Disabled
+    } else if locked_out(&user, env) {
+        Account::LockedOut
+    } else if user.status == Status::Bypass {
+        Account::Bypass
+    } else {
+        Account::Active { enrolled: tx.device_count(&user.id)? > 0 }
+    })
+}
+
 /// Steps 2 to 5 of DESIGN.md "Verification" for a user who exists and is not trashed.
 fn decide(
     tx: &mut dyn Tx,
@@ -203,10 +249,8 @@ fn decide(
     if user.status == Status::Disabled {
         return Ok(reject(Some(user), Reason::Disabled));
     }
-    if let Some(lock) = &user.lockout {
-        let auto = env.policy.lockout_auto_unlock_secs;
-        let expired = auto > 0 && env.now >= lock.since.saturating_add(auto as i64);
-        if !expired {
+    if user.lockout.is_some() {
+        if locked_out(user, env) {
             return Ok(reject(Some(user), Reason::LockedOut));
         }
         user.lockout = None;

@@ -20,7 +20,7 @@ use crate::model::{
     Normalization, Status, User, UserId, Username, check_text,
 };
 use crate::passcode::{self, Passcode};
-use crate::verify::{self, Verdict};
+use crate::verify::{self, Account, Verdict};
 
 /// At most this many codes per generation (as Duo).
 pub const MAX_CODES_PER_CALL: usize = 10;
@@ -352,6 +352,12 @@ impl Store {
     /// Finds a user by username, alias or id, trashed users included.
     pub fn find_user(&mut self, name: &str) -> Result<User> {
         self.read(|tx, env| find(tx, env, name))
+    }
+
+    /// Where the account a login names stands (unknown, trashed, disabled, locked out,
+    /// bypass or active), by the same rules as [`Store::verify`]. Reads only.
+    pub fn account(&mut self, login: &str) -> Result<Account> {
+        self.read(|tx, env| verify::account_in(tx, env, login))
     }
 
     /// Lists users.
@@ -968,7 +974,7 @@ fn issue(
                 return Err(Error::Conflict(format!(
                     "code #{} duplicates {} of user {}",
                     i + 1,
-                    if i > 0 && taken[existing.len()..].contains(&d) {
+                    if taken[existing.len()..].contains(&d) {
                         "another code in this request"
                     } else {
                         "an active code"

@@ -835,3 +835,28 @@ fn a_store_made_with_one_normalisation_refuses_another() {
     .unwrap_err();
     assert!(e.to_string().contains("username_normalization"), "{e}");
 }
+
+#[test]
+fn account_states_follow_the_verification_rules() {
+    use crate::verify::Account;
+    let mut f = fixture_with(Policy { lockout_threshold: 1, lockout_auto_unlock_secs: 60, ..Policy::default() });
+    assert_eq!(f.store.account("nobody").unwrap(), Account::Unknown);
+    assert_eq!(f.store.account("").unwrap(), Account::Unknown);
+    f.store.add_user(NewUser { username: "kai".into(), aliases: vec!["k.ai".into()], ..NewUser::default() }, &f.ctx).unwrap();
+    assert_eq!(f.store.account("KAI@corp").unwrap(), Account::Active { enrolled: false });
+    f.store.add_device("kai", DeviceKind::Phone, None, &f.ctx).unwrap();
+    assert_eq!(f.store.account("k.ai").unwrap(), Account::Active { enrolled: true });
+    f.verify("kai", "000000");
+    assert_eq!(f.store.account("kai").unwrap(), Account::LockedOut);
+    f.clock.advance(60);
+    assert_eq!(f.store.account("kai").unwrap(), Account::Active { enrolled: true }, "the lockout ran out");
+    let status = |f: &mut Fixture, s| {
+        f.store.update_user("kai", UserUpdate { status: Some(s), ..UserUpdate::default() }, &f.ctx).unwrap();
+    };
+    status(&mut f, Status::Bypass);
+    assert_eq!(f.store.account("kai").unwrap(), Account::Bypass);
+    status(&mut f, Status::Disabled);
+    assert_eq!(f.store.account("kai").unwrap(), Account::Disabled);
+    f.store.trash_user("kai", &f.ctx).unwrap();
+    assert_eq!(f.store.account("kai").unwrap(), Account::Trashed);
+}
