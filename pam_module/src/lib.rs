@@ -1,0 +1,1 @@
+//! pam_sparekey.so: accepts sparekey bypass codes at a PAM prompt.

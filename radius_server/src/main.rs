@@ -1,0 +1,3 @@
+//! sparekey-radiusd: answers RADIUS Access-Requests with sparekey bypass codes.
+#![forbid(unsafe_code)]
+fn main() {}
