@@ -195,7 +195,9 @@ fn reject(user: Option<&User>, reason: Reason) -> Verdict {
 /// Whether a user's lockout holds at `env.now` (it may have run out, if auto-unlock is on).
 fn locked_out(user: &User, env: &Env<'_>) -> bool {
     let auto = env.policy.lockout_auto_unlock_secs;
-    user.lockout.as_ref().is_some_and(|lock| auto == 0 || env.now < lock.since.saturating_add(auto as i64))
+    user.lockout
+        .as_ref()
+        .is_some_and(|lock| auto == 0 || env.now < lock.since.saturating_add(auto as i64))
 }
 
 /// Where an account stands, without an attempt: what a front end asks before prompting
@@ -222,9 +224,15 @@ pub enum Account {
 
 /// Looks up where an account stands. Changes nothing and audits nothing.
 pub(crate) fn account_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str) -> Result<Account> {
-    let Some(key) = LoginKey::from_login(login, env.normalization()) else { return Ok(Account::Unknown) };
-    let Some(id) = tx.user_id_by_login(&key)? else { return Ok(Account::Unknown) };
-    let Some(user) = tx.user(&id)? else { return Ok(Account::Unknown) };
+    let Some(key) = LoginKey::from_login(login, env.normalization()) else {
+        return Ok(Account::Unknown);
+    };
+    let Some(id) = tx.user_id_by_login(&key)? else {
+        return Ok(Account::Unknown);
+    };
+    let Some(user) = tx.user(&id)? else {
+        return Ok(Account::Unknown);
+    };
     Ok(if user.trashed_at.is_some() {
         Account::Trashed
     } else if user.status == Status::Disabled {
@@ -234,7 +242,9 @@ pub(crate) fn account_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str) -> Result<
     } else if user.status == Status::Bypass {
         Account::Bypass
     } else {
-        Account::Active { enrolled: tx.device_count(&user.id)? > 0 }
+        Account::Active {
+            enrolled: tx.device_count(&user.id)? > 0,
+        }
     })
 }
 

@@ -61,6 +61,12 @@ pub struct UserFilter {
 pub trait Tx {
     /// Makes every change durable.
     fn commit(self: Box<Self>) -> Result<()>;
+    /// Opens a nested savepoint, so that one step of a batch can be undone alone.
+    fn savepoint(&mut self) -> Result<()>;
+    /// Keeps the changes since the last [`Tx::savepoint`].
+    fn release_savepoint(&mut self) -> Result<()>;
+    /// Undoes the changes since the last [`Tx::savepoint`] and closes it.
+    fn rollback_savepoint(&mut self) -> Result<()>;
     /// The user a login key belongs to (trashed users included).
     fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
     /// A user with their aliases.
@@ -119,6 +125,17 @@ impl Env<'_> {
     pub fn normalization(&self) -> Normalization {
         self.policy.username_normalization
     }
+}
+
+/// One login attempt, for [`Store::verify_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct Attempt<'a> {
+    /// The login as the client sent it.
+    pub login: &'a str,
+    /// The code as the user typed it.
+    pub passcode: &'a str,
+    /// Who asks, and from where.
+    pub ctx: &'a Context,
 }
 
 /// A new user's fields.
@@ -347,6 +364,35 @@ impl Store {
     /// the caller must deny.
     pub fn verify(&mut self, login: &str, passcode: &str, ctx: &Context) -> Result<Verdict> {
         self.batch(ctx, |b| b.verify(login, passcode))
+    }
+
+    /// Decides many attempts in one write transaction and one commit (group commit): each
+    /// runs in its own savepoint, so a failure undoes that attempt alone and the others
+    /// stand. The outer `Err` means the transaction itself failed and nothing was kept;
+    /// an inner `Err` means that attempt failed. Either way the caller must deny it.
+    pub fn verify_many(&mut self, attempts: &[Attempt<'_>]) -> Result<Vec<Result<Verdict>>> {
+        let env = Env {
+            key: &self.key,
+            policy: &self.policy,
+            now: self.clock.now(),
+        };
+        let mut tx = self.backend.begin()?;
+        let mut out = Vec::with_capacity(attempts.len());
+        for a in attempts {
+            tx.savepoint()?;
+            match verify::verify_in(&mut *tx, &env, a.login, a.passcode, a.ctx) {
+                Ok(v) => {
+                    tx.release_savepoint()?;
+                    out.push(Ok(v));
+                }
+                Err(e) => {
+                    tx.rollback_savepoint()?;
+                    out.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Finds a user by username, alias or id, trashed users included.

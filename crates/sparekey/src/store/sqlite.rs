@@ -405,6 +405,22 @@ impl Tx for SqliteTx<'_> {
         Ok(self.tx.commit()?)
     }
 
+    fn savepoint(&mut self) -> Result<()> {
+        self.tx.prepare_cached("SAVEPOINT attempt")?.execute([])?;
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> Result<()> {
+        self.tx.prepare_cached("RELEASE attempt")?.execute([])?;
+        Ok(())
+    }
+
+    fn rollback_savepoint(&mut self) -> Result<()> {
+        self.tx.prepare_cached("ROLLBACK TO attempt")?.execute([])?;
+        self.tx.prepare_cached("RELEASE attempt")?.execute([])?;
+        Ok(())
+    }
+
     fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>> {
         let mut st = self
             .tx

@@ -1,7 +1,7 @@
 //! The rules of the model, each against an in-memory store with a hand-moved clock.
 
 use super::*;
-use crate::audit::AuditFilter;
+use crate::audit::{AuditEvent, AuditFilter};
 use crate::clock::ManualClock;
 use crate::verify::{Decision, Reason};
 
@@ -536,7 +536,13 @@ fn unknown_users_and_malformed_input_are_rejected() {
             Decision::Reject(Reason::UnknownUser)
         );
     }
-    for bad in ["", "12345", "abcdefgh", &"1".repeat(10_000), "123\u{0}456789"] {
+    for bad in [
+        "",
+        "12345",
+        "abcdefgh",
+        &"1".repeat(10_000),
+        "123\u{0}456789",
+    ] {
         assert_eq!(f.verify("alice", bad), WRONG);
     }
     // A login that looks like a code is not recorded.
@@ -839,19 +845,53 @@ fn a_store_made_with_one_normalisation_refuses_another() {
 #[test]
 fn account_states_follow_the_verification_rules() {
     use crate::verify::Account;
-    let mut f = fixture_with(Policy { lockout_threshold: 1, lockout_auto_unlock_secs: 60, ..Policy::default() });
+    let mut f = fixture_with(Policy {
+        lockout_threshold: 1,
+        lockout_auto_unlock_secs: 60,
+        ..Policy::default()
+    });
     assert_eq!(f.store.account("nobody").unwrap(), Account::Unknown);
     assert_eq!(f.store.account("").unwrap(), Account::Unknown);
-    f.store.add_user(NewUser { username: "kai".into(), aliases: vec!["k.ai".into()], ..NewUser::default() }, &f.ctx).unwrap();
-    assert_eq!(f.store.account("KAI@corp").unwrap(), Account::Active { enrolled: false });
-    f.store.add_device("kai", DeviceKind::Phone, None, &f.ctx).unwrap();
-    assert_eq!(f.store.account("k.ai").unwrap(), Account::Active { enrolled: true });
+    f.store
+        .add_user(
+            NewUser {
+                username: "kai".into(),
+                aliases: vec!["k.ai".into()],
+                ..NewUser::default()
+            },
+            &f.ctx,
+        )
+        .unwrap();
+    assert_eq!(
+        f.store.account("KAI@corp").unwrap(),
+        Account::Active { enrolled: false }
+    );
+    f.store
+        .add_device("kai", DeviceKind::Phone, None, &f.ctx)
+        .unwrap();
+    assert_eq!(
+        f.store.account("k.ai").unwrap(),
+        Account::Active { enrolled: true }
+    );
     f.verify("kai", "000000");
     assert_eq!(f.store.account("kai").unwrap(), Account::LockedOut);
     f.clock.advance(60);
-    assert_eq!(f.store.account("kai").unwrap(), Account::Active { enrolled: true }, "the lockout ran out");
+    assert_eq!(
+        f.store.account("kai").unwrap(),
+        Account::Active { enrolled: true },
+        "the lockout ran out"
+    );
     let status = |f: &mut Fixture, s| {
-        f.store.update_user("kai", UserUpdate { status: Some(s), ..UserUpdate::default() }, &f.ctx).unwrap();
+        f.store
+            .update_user(
+                "kai",
+                UserUpdate {
+                    status: Some(s),
+                    ..UserUpdate::default()
+                },
+                &f.ctx,
+            )
+            .unwrap();
     };
     status(&mut f, Status::Bypass);
     assert_eq!(f.store.account("kai").unwrap(), Account::Bypass);
@@ -859,4 +899,94 @@ fn account_states_follow_the_verification_rules() {
     assert_eq!(f.store.account("kai").unwrap(), Account::Disabled);
     f.store.trash_user("kai", &f.ctx).unwrap();
     assert_eq!(f.store.account("kai").unwrap(), Account::Trashed);
+}
+
+#[test]
+fn many_attempts_in_one_transaction_stand_or_fall_alone() {
+    let mut f = fixture();
+    f.enrolled("alice");
+    f.enrolled("bob");
+    let a = f.one("alice", 2, 0);
+    let b = f.one("bob", 1, 0);
+    let radius = Context::new("radius:test");
+    let attempt = |login, passcode| Attempt {
+        login,
+        passcode,
+        ctx: &radius,
+    };
+    let out = f
+        .store
+        .verify_many(&[
+            attempt("alice", &a),
+            attempt("bob", &b),
+            attempt("bob", &b),
+            attempt("alice", &a),
+            attempt("alice", &a),
+        ])
+        .unwrap();
+    let decisions: Vec<Decision> = out.into_iter().map(|r| r.unwrap().decision).collect();
+    assert_eq!(
+        decisions,
+        [
+            Decision::Accept,
+            Decision::Accept,
+            WRONG,
+            Decision::Accept,
+            WRONG
+        ]
+    );
+    let audited = f
+        .store
+        .audit(&AuditFilter {
+            actor: Some("radius:test".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(audited.len(), 5);
+}
+
+#[test]
+fn a_failed_attempt_is_undone_alone() {
+    // A failure inside one savepoint (here: a code update the schema refuses) must undo
+    // that attempt's writes and leave the batch's others in place.
+    let mut f = fixture();
+    f.enrolled("alice");
+    f.one("alice", 1, 0);
+    let user = f.store.find_user("alice").unwrap().id;
+    let mut tx = f.store.backend.begin().unwrap();
+    let id = tx.codes(&user).unwrap()[0].id.clone();
+    tx.savepoint().unwrap();
+    tx.append_audit(&AuditEvent {
+        id: 0,
+        time: T0,
+        actor: "kept".into(),
+        action: "a".into(),
+        user_id: None,
+        username: None,
+        code_id: None,
+        outcome: "ok".into(),
+        reason: None,
+        source: Default::default(),
+        detail: None,
+    })
+    .unwrap();
+    tx.release_savepoint().unwrap();
+    tx.savepoint().unwrap();
+    tx.delete_codes_of(&user).unwrap();
+    assert!(tx.set_code_uses(&id, 1).is_ok(), "no row, no trigger");
+    tx.rollback_savepoint().unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        f.store.list_codes(Some("alice")).unwrap().len(),
+        1,
+        "the rolled-back delete is undone"
+    );
+    let kept = f
+        .store
+        .audit(&AuditFilter {
+            actor: Some("kept".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(kept.len(), 1, "the released step stays");
 }
