@@ -104,6 +104,17 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// A login as a client sent it, fit for a log line or an audit record: sanitised, cut at 64
+/// bytes, and replaced by `<redacted>` if it has the shape of a code (a user who typed the
+/// code into the name field must not find it in the logs).
+pub fn display_login(login: &str) -> String {
+    if crate::passcode::Passcode::parse(login).is_ok() {
+        "<redacted>".to_owned()
+    } else {
+        sanitize(login, 64)
+    }
+}
+
 /// Makes a string from a client safe to store and print: control characters become `?`,
 /// and it is cut at `max` bytes on a character boundary.
 pub fn sanitize(s: &str, max: usize) -> String {

@@ -30,6 +30,6 @@ pub use model::{
 };
 pub use passcode::Passcode;
 pub use store::{
-    CodeRequest, Issued, IssuedCode, NewUser, PurgeReport, Store, UserFilter, UserUpdate,
+    Attempt, CodeRequest, Issued, IssuedCode, NewUser, PurgeReport, Store, UserFilter, UserUpdate,
 };
 pub use verify::{Account, Decision, Reason, Verdict};

@@ -61,12 +61,6 @@ impl Drop for Passcode {
     }
 }
 
-/// Whether a string has the shape of a code, so that a login which is one (a user who
-/// typed the code into the name field) is never recorded.
-pub(crate) fn looks_like_code(s: &str) -> bool {
-    Passcode::parse(s).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

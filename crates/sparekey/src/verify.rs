@@ -4,10 +4,10 @@
 use serde::Serialize;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::audit::{Context, outcome, sanitize};
+use crate::audit::{Context, display_login, outcome};
 use crate::error::Result;
 use crate::model::{CodeId, LoginKey, Status, User, UserId};
-use crate::passcode::{Passcode, looks_like_code};
+use crate::passcode::Passcode;
 use crate::store::{Env, Tx, audit};
 
 /// What the front end should do.
@@ -120,12 +120,7 @@ pub(crate) fn verify_in(
         .digest(user.as_ref().map_or(&no_user, |u| &u.id), digest_input);
 
     let Some(mut user) = user.filter(|u| u.trashed_at.is_none()) else {
-        // A login shaped like a code is most likely a code typed into the wrong field.
-        let shown = if looks_like_code(login) {
-            "<redacted>".to_owned()
-        } else {
-            sanitize(login, 64)
-        };
+        let shown = display_login(login);
         let v = reject(None, Reason::UnknownUser);
         tx.append_audit(&crate::audit::AuditEvent {
             id: 0,

@@ -1,0 +1,526 @@
+//! The UDP side: receive datagrams, find the client, apply the rate limit, check the
+//! packet, answer duplicates from the reply cache, hand verifications to the writer, and
+//! send replies. Sockets and the store are passed in, so tests bind `127.0.0.1:0`.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+
+use sparekey::audit::display_login;
+use sparekey::{Context, Decision, Source, Store, Verdict};
+
+use crate::config::{BypassStatus, ClientConfig, RadiusConfig};
+use crate::protocol::{self, Answer, Drop, Kind, Request};
+use crate::writer::{self, Job, Queue, Refused};
+
+/// How long a reply is kept to answer retransmissions (RFC 5080 section 2.2.2).
+pub const REPLY_CACHE_SECS: u64 = 30;
+/// At most this many cached replies; past it the oldest go first.
+const REPLY_CACHE_MAX: usize = 262_144;
+/// At most one log line per this many seconds about datagrams from unknown addresses.
+const UNKNOWN_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counters of what happened to datagrams.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Accept replies sent (first answers, not duplicates).
+    pub accepts: AtomicU64,
+    /// Reject replies sent.
+    pub rejects: AtomicU64,
+    /// Status-Server requests answered.
+    pub status: AtomicU64,
+    /// Duplicates answered from the reply cache.
+    pub duplicates_answered: AtomicU64,
+    /// Duplicates dropped while the first was still being verified.
+    pub duplicates_in_progress: AtomicU64,
+    /// Datagrams from addresses no client covers.
+    pub unknown_client: AtomicU64,
+    /// Datagrams over a client's rate limit.
+    pub rate_limited: AtomicU64,
+    /// Requests dropped because too many were in flight.
+    pub overload: AtomicU64,
+    /// Malformed datagrams.
+    pub malformed: AtomicU64,
+    /// Packet codes not served.
+    pub unsupported_code: AtomicU64,
+    /// Requests without a required Message-Authenticator.
+    pub no_message_authenticator: AtomicU64,
+    /// Requests with a wrong Message-Authenticator (or a wrong secret).
+    pub bad_message_authenticator: AtomicU64,
+    /// Requests with an impossible User-Password.
+    pub bad_user_password: AtomicU64,
+    /// Verifications that failed in the store (and were rejected).
+    pub store_errors: AtomicU64,
+}
+
+impl Counters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, d: Drop) {
+        Self::bump(match d {
+            Drop::Malformed => &self.malformed,
+            Drop::UnsupportedCode => &self.unsupported_code,
+            Drop::NoMessageAuthenticator => &self.no_message_authenticator,
+            Drop::BadMessageAuthenticator => &self.bad_message_authenticator,
+            Drop::BadUserPassword => &self.bad_user_password,
+        });
+    }
+
+    /// The counters as `name=value` pairs, for a log line.
+    pub fn summary(&self) -> String {
+        let all = [
+            ("accepts", &self.accepts),
+            ("rejects", &self.rejects),
+            ("status", &self.status),
+            ("duplicates_answered", &self.duplicates_answered),
+            ("duplicates_in_progress", &self.duplicates_in_progress),
+            ("unknown_client", &self.unknown_client),
+            ("rate_limited", &self.rate_limited),
+            ("overload", &self.overload),
+            ("malformed", &self.malformed),
+            ("unsupported_code", &self.unsupported_code),
+            ("no_message_authenticator", &self.no_message_authenticator),
+            ("bad_message_authenticator", &self.bad_message_authenticator),
+            ("bad_user_password", &self.bad_user_password),
+            ("store_errors", &self.store_errors),
+        ];
+        all.iter()
+            .map(|(n, c)| format!("{n}={}", c.load(Ordering::Relaxed)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Where auth outcomes go besides stderr (syslog `LOG_AUTHPRIV` in the daemon).
+pub trait AuthLog: Send + Sync {
+    /// Records one outcome line.
+    fn record(&self, line: &str);
+}
+
+/// A token bucket: `rate` per second, bursts up to twice that.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let cap = self.rate * 2.0;
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(cap);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Client {
+    config: ClientConfig,
+    bucket: Mutex<Bucket>,
+}
+
+/// A request's identity for duplicate detection (RFC 5080): source address and port,
+/// identifier and request authenticator.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    from: SocketAddr,
+    id: u8,
+    authenticator: [u8; 16],
+}
+
+#[derive(Debug)]
+enum Entry {
+    InProgress,
+    Done(Arc<Vec<u8>>),
+}
+
+#[derive(Debug, Default)]
+struct ReplyCache {
+    map: HashMap<Key, (Instant, Entry)>,
+    order: VecDeque<(Instant, Key)>,
+}
+
+impl ReplyCache {
+    fn expire(&mut self, now: Instant) {
+        let ttl = Duration::from_secs(REPLY_CACHE_SECS);
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < ttl && self.order.len() <= REPLY_CACHE_MAX {
+                break;
+            }
+            if let Some((at, key)) = self.order.pop_front() {
+                if self.map.get(&key).is_some_and(|(t, _)| *t == at) {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Everything the receive loops share.
+struct Shared {
+    clients: Vec<Client>,
+    bypass: BypassStatus,
+    cache: Mutex<ReplyCache>,
+    counters: Arc<Counters>,
+    auth_log: Option<Box<dyn AuthLog>>,
+    last_unknown_log: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// The most specific client whose network holds `ip`.
+    fn client(&self, ip: IpAddr) -> Option<&Client> {
+        self.clients
+            .iter()
+            .filter(|c| c.config.network.contains(ip))
+            .max_by_key(|c| c.config.network.prefix())
+    }
+
+    fn log_unknown(&self, from: SocketAddr) {
+        let now = Instant::now();
+        let mut last = self
+            .last_unknown_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| now.duration_since(t) >= UNKNOWN_LOG_EVERY) {
+            *last = Some(now);
+            log::warn!(
+                "dropping datagrams from {} (no client covers it); {} so far, logged at most every {}s",
+                from.ip(),
+                self.counters.unknown_client.load(Ordering::Relaxed),
+                UNKNOWN_LOG_EVERY.as_secs()
+            );
+        }
+    }
+
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, ReplyCache> {
+        // The cache holds no invariant a panicking holder could break halfway.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self, key: Key, bytes: Arc<Vec<u8>>) {
+        let now = Instant::now();
+        let mut c = self.cache_lock();
+        c.map.insert(key.clone(), (now, Entry::Done(bytes)));
+        c.order.push_back((now, key));
+    }
+}
+
+/// What the server has done, when it stops.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Final counters.
+    pub counters: Arc<Counters>,
+}
+
+/// A running server's handle on its counters.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    /// Live counters.
+    pub counters: Arc<Counters>,
+}
+
+/// Serves RADIUS on `sockets` with `store` until `shutdown` completes; then stops
+/// receiving, finishes and commits what is in flight, sends those replies, and returns.
+pub async fn run(
+    sockets: Vec<UdpSocket>,
+    store: Store,
+    config: &RadiusConfig,
+    auth_log: Option<Box<dyn AuthLog>>,
+    counters: Arc<Counters>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<Stopped> {
+    let (queue, writer) = writer::spawn(store, config.max_in_flight, config.max_batch)?;
+    let now = Instant::now();
+    let shared = Arc::new(Shared {
+        clients: config
+            .clients
+            .iter()
+            .map(|c| Client {
+                config: c.clone(),
+                bucket: Mutex::new(Bucket {
+                    rate: f64::from(c.rate_limit),
+                    tokens: f64::from(c.rate_limit) * 2.0,
+                    at: now,
+                }),
+            })
+            .collect(),
+        bypass: config.bypass_status,
+        cache: Mutex::new(ReplyCache::default()),
+        counters: counters.clone(),
+        auth_log,
+        last_unknown_log: Mutex::new(None),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut loops = JoinSet::new();
+    for s in sockets {
+        loops.spawn(receive(
+            Arc::new(s),
+            shared.clone(),
+            queue.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    drop(queue);
+    shutdown.await;
+    log::info!("stopping: no new requests; finishing those in flight");
+    let _ = stop_tx.send(true);
+    while loops.join_next().await.is_some() {}
+    // Every queue handle is gone with the loops: the writer ends once the queue is empty.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    log::info!("stopped: {}", counters.summary());
+    Ok(Stopped { counters })
+}
+
+async fn receive(
+    sock: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    queue: Queue,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; protocol::MAX_PACKET + 1];
+    let mut pending = JoinSet::new();
+    loop {
+        let (n, from) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("receiving: {e}");
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        // Reap finished replies so the set does not grow.
+        while pending.try_join_next().is_some() {}
+        if let Some(work) = handle(&shared, &sock, &queue, &buf[..n], from).await {
+            pending.spawn(work);
+        }
+    }
+    drop(queue);
+    while pending.join_next().await.is_some() {}
+}
+
+/// Handles one datagram. Answers at once what needs no store; for a verification,
+/// returns the future that waits for the writer and sends the reply.
+async fn handle(
+    shared: &Arc<Shared>,
+    sock: &Arc<UdpSocket>,
+    queue: &Queue,
+    datagram: &[u8],
+    from: SocketAddr,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    let c = &shared.counters;
+    let Some(client) = shared.client(from.ip()) else {
+        Counters::bump(&c.unknown_client);
+        shared.log_unknown(from);
+        return None;
+    };
+    if !client
+        .bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(Instant::now())
+    {
+        Counters::bump(&c.rate_limited);
+        return None;
+    }
+    let secret = client.config.secret.expose();
+    let req = match protocol::parse(
+        datagram,
+        secret,
+        client.config.require_message_authenticator,
+    ) {
+        Ok(r) => r,
+        Err(d) => {
+            c.dropped(d);
+            log::debug!(
+                "dropped a datagram from {from} (client {}): {}",
+                client.config.name,
+                d.as_str()
+            );
+            return None;
+        }
+    };
+    let mut authenticator = [0u8; 16];
+    authenticator.copy_from_slice(&datagram[4..20]);
+    let key = Key {
+        from,
+        id: req.identifier(),
+        authenticator,
+    };
+    let cached = {
+        let now = Instant::now();
+        let mut cache = shared.cache_lock();
+        cache.expire(now);
+        match cache.map.get(&key) {
+            Some((_, Entry::Done(bytes))) => Some(Some(bytes.clone())),
+            Some((_, Entry::InProgress)) => Some(None),
+            None => {
+                cache.map.insert(key.clone(), (now, Entry::InProgress));
+                cache.order.push_back((now, key.clone()));
+                None
+            }
+        }
+    };
+    match cached {
+        Some(Some(bytes)) => {
+            Counters::bump(&c.duplicates_answered);
+            send(sock, &bytes, from).await;
+            return None;
+        }
+        Some(None) => {
+            Counters::bump(&c.duplicates_in_progress);
+            return None;
+        }
+        None => {}
+    }
+    let login = match req.kind {
+        Kind::Status => {
+            Counters::bump(&c.status);
+            let bytes = Arc::new(protocol::reply(&req, Answer::Accept, secret));
+            shared.finish(key, bytes.clone());
+            send(sock, &bytes, from).await;
+            return None;
+        }
+        Kind::Access(ref l) => l,
+    };
+    let name = client.config.name.clone();
+    let Some(password) = login.password.clone() else {
+        // CHAP, EAP and the rest need the code in the clear; a digest cannot answer them.
+        log::info!(
+            "auth client={name} user={} result=reject reason=not_pap",
+            display_login(&login.user_name)
+        );
+        Counters::bump(&c.rejects);
+        let bytes = Arc::new(protocol::reply(&req, Answer::Reject, secret));
+        shared.finish(key, bytes.clone());
+        send(sock, &bytes, from).await;
+        return None;
+    };
+    let ctx = Context::new(format!("radius:{name}")).with_source(Source {
+        address: Some(from.ip().to_string()),
+        station: login.station.clone(),
+        nas: login.nas.clone(),
+        tty: None,
+    });
+    let (answer_tx, answer_rx) = oneshot::channel();
+    let job = Job {
+        login: login.user_name.clone(),
+        passcode: password,
+        ctx,
+        answer: answer_tx,
+    };
+    match queue.offer(job) {
+        Ok(()) => {}
+        Err(why) => {
+            // Forget the request so that the NAS's retransmission gets a fresh try.
+            shared.cache_lock().map.remove(&key);
+            if why == Refused::Full {
+                Counters::bump(&c.overload);
+            }
+            return None;
+        }
+    }
+    let shared = shared.clone();
+    let sock = sock.clone();
+    let secret = client.config.secret.clone();
+    Some(async move {
+        let verdict = answer_rx
+            .await
+            .unwrap_or_else(|_| Err("the store writer stopped".into()));
+        let answer = decide(&shared, &name, &req, verdict);
+        let bytes = Arc::new(protocol::reply(&req, answer, secret.expose()));
+        shared.finish(key, bytes.clone());
+        send(&sock, &bytes, from).await;
+    })
+}
+
+/// Turns the verifier's answer into Accept or Reject, and logs it.
+fn decide(
+    shared: &Shared,
+    client: &str,
+    req: &Request,
+    verdict: Result<Verdict, String>,
+) -> Answer {
+    let c = &shared.counters;
+    let login = match &req.kind {
+        Kind::Access(l) => l,
+        Kind::Status => return Answer::Accept,
+    };
+    let (answer, line) = match verdict {
+        Ok(v) => {
+            let user = v
+                .username
+                .clone()
+                .unwrap_or_else(|| display_login(&login.user_name));
+            let answer = match (v.decision, shared.bypass) {
+                (Decision::Accept, _) | (Decision::Bypass, BypassStatus::Allow) => Answer::Accept,
+                _ => Answer::Reject,
+            };
+            let result = if answer == Answer::Accept {
+                "accept"
+            } else {
+                "reject"
+            };
+            let code = v
+                .code_id
+                .as_ref()
+                .map(|id| format!(" code={id}"))
+                .unwrap_or_default();
+            (
+                answer,
+                format!(
+                    "auth client={client} user={user} result={result} reason={}{code}",
+                    v.reason_str()
+                ),
+            )
+        }
+        Err(e) => {
+            Counters::bump(&c.store_errors);
+            log::error!("store error; request denied: {e}");
+            let user = display_login(&login.user_name);
+            (
+                Answer::Reject,
+                format!("auth client={client} user={user} result=reject reason=store_error"),
+            )
+        }
+    };
+    Counters::bump(if answer == Answer::Accept {
+        &c.accepts
+    } else {
+        &c.rejects
+    });
+    log::info!("{line}");
+    if let Some(l) = &shared.auth_log {
+        l.record(&line);
+    }
+    answer
+}
+
+async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Err(e) = sock.send_to(bytes, to).await {
+        log::warn!("sending to {to}: {e}");
+    }
+}
