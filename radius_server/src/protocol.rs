@@ -6,13 +6,14 @@
 //! reply (the BlastRADIUS fix, CVE-2024-3596), and the response authenticator computed
 //! over the final attributes.
 
-use hmac::{KeyInit, Mac};
 use md5::{Digest, Md5};
 use radius::core::avp::AVP;
 use radius::core::code::Code;
 use radius::core::packet::Packet;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
+
+use crate::client::hmac_md5;
 
 /// Largest RADIUS packet (RFC 2865 section 3).
 pub const MAX_PACKET: usize = 4096;
@@ -27,8 +28,6 @@ const MESSAGE_AUTHENTICATOR: u8 = 80;
 const NAS_IPV6_ADDRESS: u8 = 95;
 const ACCESS_REQUEST: u8 = 1;
 const STATUS_SERVER: u8 = 12;
-
-type HmacMd5 = hmac::Hmac<Md5>;
 
 /// Why a datagram gets no answer. Each is counted; none is told to the sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,13 +173,6 @@ fn check_message_authenticator(bytes: &[u8], secret: &[u8], required: bool) -> R
     }
 }
 
-fn hmac_md5(secret: &[u8], data: &[u8]) -> [u8; 16] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacMd5 as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
 fn text(p: &Packet, typ: u8) -> Option<String> {
     p.lookup(typ)
         .map(|a| sparekey::audit::sanitize(&String::from_utf8_lossy(&a.encode_bytes()), 253))
@@ -267,14 +259,12 @@ pub fn reply(req: &Request, answer: Answer, secret: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"testing123-testing123";
 
-    /// Builds a request by hand: header, attributes, and (if asked) a valid
-    /// Message-Authenticator first.
-    pub(crate) fn request(
+    fn request(
         code: u8,
         id: u8,
         auth: [u8; 16],
@@ -282,57 +272,16 @@ pub(crate) mod tests {
         secret: &[u8],
         ma: bool,
     ) -> Vec<u8> {
-        let mut b = vec![code, id, 0, 0];
-        b.extend_from_slice(&auth);
-        if ma {
-            b.extend_from_slice(&[MESSAGE_AUTHENTICATOR, 18]);
-            b.extend_from_slice(&[0; 16]);
-        }
-        for (t, v) in attrs {
-            b.push(*t);
-            b.push((v.len() + 2) as u8);
-            b.extend_from_slice(v);
-        }
-        let len = (b.len() as u16).to_be_bytes();
-        b[2..4].copy_from_slice(&len);
-        if ma {
-            let m = hmac_md5(secret, &b);
-            b[22..38].copy_from_slice(&m);
-        }
-        b
+        let attrs: Vec<(u8, &[u8])> = attrs.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+        crate::client::request(code, id, auth, &attrs, secret, ma)
     }
 
-    /// RFC 2865's User-Password hiding.
-    pub(crate) fn hide(password: &[u8], secret: &[u8], auth: &[u8; 16]) -> Vec<u8> {
-        let mut padded = password.to_vec();
-        padded.resize(password.len().div_ceil(16).max(1) * 16, 0);
-        let mut out = Vec::new();
-        let mut prev = auth.to_vec();
-        for chunk in padded.chunks(16) {
-            let b = Md5::new()
-                .chain_update(secret)
-                .chain_update(&prev)
-                .finalize();
-            let c: Vec<u8> = chunk.iter().zip(b.iter()).map(|(p, k)| p ^ k).collect();
-            out.extend_from_slice(&c);
-            prev = c;
-        }
-        out
+    fn hide(password: &[u8], secret: &[u8], auth: &[u8; 16]) -> Vec<u8> {
+        crate::client::hide_password(password, secret, auth)
     }
 
-    pub(crate) fn pap(user: &str, code: &str, id: u8, secret: &[u8]) -> Vec<u8> {
-        let auth = [id.wrapping_mul(7); 16];
-        request(
-            ACCESS_REQUEST,
-            id,
-            auth,
-            &[
-                (USER_NAME, user.as_bytes().to_vec()),
-                (USER_PASSWORD, hide(code.as_bytes(), secret, &auth)),
-            ],
-            secret,
-            true,
-        )
+    fn pap(user: &str, code: &str, id: u8, secret: &[u8]) -> Vec<u8> {
+        crate::client::pap(id, [id.wrapping_mul(7); 16], user, code, secret)
     }
 
     #[test]

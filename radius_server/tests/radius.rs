@@ -1,0 +1,630 @@
+//! sparekey-radiusd end to end: a real server on a loopback port, real `radclient`
+//! (FreeRADIUS), and raw datagrams for what no polite client sends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sparekey::store::{CodeRequest, SqliteBackend};
+use sparekey::{
+    AuditFilter, Config, Context, DeviceKind, DigestKey, NewUser, Status, Store, SystemClock,
+    UserUpdate,
+};
+use sparekey_radiusd::client::{self, Reply, attr, code};
+use sparekey_radiusd::config::RadiusConfig;
+use sparekey_radiusd::server::{self, Counters};
+
+const SECRET: &str = "s3cret-for-tests-0123456789";
+
+/// A server on 127.0.0.1 with its own store, stopped on drop.
+struct Server {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn write_config(dir: &Path, radius: &str) -> PathBuf {
+    let cfg = dir.join("sparekey.toml");
+    let text = format!(
+        "[store]\npath = \"sparekey.db\"\nkey_file = \"sparekey.key\"\n[policy]\nlockout_threshold = 3\n{radius}"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+fn radius_section(extra: &str, client_address: &str, require_ma: bool) -> String {
+    format!(
+        "[radius]\nlisten = [\"127.0.0.1:0\"]\n{extra}\n[[radius.client]]\nname = \"test-nas\"\naddress = \"{client_address}\"\n\
+         secret = \"{SECRET}\"\nrequire_message_authenticator = {require_ma}\n"
+    )
+}
+
+impl Server {
+    fn start(radius: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), radius);
+        let config = Config::load(&cfg).unwrap();
+        DigestKey::generate()
+            .unwrap()
+            .write_new(&config.store.key_file)
+            .unwrap();
+        SqliteBackend::create(&config.store).unwrap();
+        let store = Store::open(&config).unwrap();
+        let radius = RadiusConfig::from_config(&config).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let counters = Arc::new(Counters::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let c = counters.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                server::run(vec![socket], store, &radius, None, c, shutdown)
+                    .await
+                    .unwrap();
+            });
+        });
+        Server {
+            dir,
+            addr,
+            counters,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config::load(&self.dir.path().join("sparekey.toml")).unwrap()
+    }
+
+    /// An admin's handle on the same store.
+    fn admin(&self) -> Store {
+        let c = self.config();
+        Store::with_backend(
+            Box::new(SqliteBackend::open(&c.store).unwrap()),
+            DigestKey::load(&c.store.key_file).unwrap(),
+            c.policy.clone(),
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    fn enrolled(&self, name: &str) -> Store {
+        let mut s = self.admin();
+        let ctx = Context::new("test");
+        s.add_user(
+            NewUser {
+                username: name.into(),
+                ..NewUser::default()
+            },
+            &ctx,
+        )
+        .unwrap();
+        s.add_device(name, DeviceKind::Phone, None, &ctx).unwrap();
+        s
+    }
+
+    fn code(&self, name: &str, reuse_count: u32) -> String {
+        let req = CodeRequest {
+            reuse_count,
+            valid_secs: 0,
+            ..CodeRequest::default()
+        };
+        let issued = self
+            .admin()
+            .generate_codes(name, req, &Context::new("test"))
+            .unwrap();
+        issued.codes[0].code.expose().to_owned()
+    }
+
+    fn counter(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+        f(&self.counters).load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What radclient saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Accept,
+    Reject,
+    NoReply,
+}
+
+/// Runs FreeRADIUS's radclient with `pairs` (`User-Name = "x", ...`) and returns what it got
+/// and its output. One try, a one-second wait: "no reply" costs a second.
+fn radclient(addr: SocketAddr, kind: &str, pairs: &str, secret: &str) -> (Seen, String) {
+    let mut child = Command::new("radclient")
+        .args(["-x", "-r", "1", "-t", "1", &addr.to_string(), kind, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("radclient (Debian freeradius-utils) must be installed: scripts/test-deps");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(pairs.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = if text.contains("Received Access-Accept") {
+        Seen::Accept
+    } else if text.contains("Received Access-Reject") {
+        Seen::Reject
+    } else {
+        assert!(text.contains("No reply"), "{text}");
+        Seen::NoReply
+    };
+    (seen, text)
+}
+
+fn pap_pairs(user: &str, code: &str) -> String {
+    format!("User-Name = \"{user}\", User-Password = \"{code}\", Message-Authenticator = 0x00\n")
+}
+
+#[test]
+fn radclient_accepts_a_code_once_and_rejects_wrong_ones() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    s.enrolled("alice");
+    let c = s.code("alice", 1);
+    let (seen, text) = radclient(s.addr, "auth", &pap_pairs("alice", &c), SECRET);
+    assert_eq!(seen, Seen::Accept, "{text}");
+    // The reply's first attribute is the Message-Authenticator, which radclient verified.
+    let received = text.split("Received").nth(1).unwrap();
+    assert!(
+        received
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("Message-Authenticator"),
+        "{received}"
+    );
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("alice", &c), SECRET).0,
+        Seen::Reject
+    );
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("alice", "000000000"), SECRET).0,
+        Seen::Reject
+    );
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("nobody", "000000000"), SECRET).0,
+        Seen::Reject
+    );
+    let (seen, text) = radclient(s.addr, "status", "Message-Authenticator = 0x00\n", SECRET);
+    assert_eq!(seen, Seen::Accept, "{text}");
+
+    let audit = s
+        .admin()
+        .audit(&AuditFilter {
+            action: Some("auth".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(audit.len(), 4);
+    assert_eq!(audit[0].actor, "radius:test-nas");
+    assert_eq!(audit[0].outcome, "accept");
+    assert_eq!(audit[0].source.address.as_deref(), Some("127.0.0.1"));
+}
+
+#[test]
+fn radclient_is_refused_for_locked_disabled_and_unenrolled_users() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    let mut admin = s.enrolled("locked");
+    let locked_code = s.code("locked", 0);
+    for _ in 0..3 {
+        assert_eq!(
+            radclient(s.addr, "auth", &pap_pairs("locked", "111111111"), SECRET).0,
+            Seen::Reject
+        );
+    }
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("locked", &locked_code), SECRET).0,
+        Seen::Reject
+    );
+
+    let ctx = Context::new("test");
+    s.enrolled("off");
+    let off_code = s.code("off", 0);
+    admin
+        .update_user(
+            "off",
+            UserUpdate {
+                status: Some(Status::Disabled),
+                ..UserUpdate::default()
+            },
+            &ctx,
+        )
+        .unwrap();
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("off", &off_code), SECRET).0,
+        Seen::Reject
+    );
+
+    admin
+        .add_user(
+            NewUser {
+                username: "new".into(),
+                ..NewUser::default()
+            },
+            &ctx,
+        )
+        .unwrap();
+    let new_code = s.code("new", 0);
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("new", &new_code), SECRET).0,
+        Seen::Reject
+    );
+
+    let reasons: Vec<String> = admin
+        .audit(&AuditFilter {
+            action: Some("auth".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert_eq!(reasons[3..], ["locked_out", "disabled", "not_enrolled"]);
+}
+
+#[test]
+fn bypass_status_is_denied_by_default_and_allowed_when_configured() {
+    for (extra, expected) in [
+        ("", Seen::Reject),
+        ("bypass_status = \"allow\"", Seen::Accept),
+    ] {
+        let s = Server::start(&radius_section(extra, "127.0.0.1", true));
+        let mut admin = s.enrolled("bea");
+        let up = UserUpdate {
+            status: Some(Status::Bypass),
+            ..UserUpdate::default()
+        };
+        admin.update_user("bea", up, &Context::new("test")).unwrap();
+        assert_eq!(
+            radclient(s.addr, "auth", &pap_pairs("bea", "anything"), SECRET).0,
+            expected,
+            "{extra:?}"
+        );
+    }
+}
+
+#[test]
+fn no_answer_without_message_authenticator_with_a_wrong_secret_or_from_an_unknown_client() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    s.enrolled("carl");
+    let c = s.code("carl", 0);
+    let bare = format!("User-Name = \"carl\", User-Password = \"{c}\"\n");
+    assert_eq!(radclient(s.addr, "auth", &bare, SECRET).0, Seen::NoReply);
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("carl", &c), "not-the-secret").0,
+        Seen::NoReply
+    );
+    assert_eq!(s.counter(|c| &c.no_message_authenticator), 1);
+    assert_eq!(s.counter(|c| &c.bad_message_authenticator), 1);
+    assert_eq!(
+        radclient(s.addr, "auth", &pap_pairs("carl", &c), SECRET).0,
+        Seen::Accept,
+        "still serving"
+    );
+
+    let elsewhere = Server::start(&radius_section("", "10.0.0.0/8", true));
+    assert_eq!(
+        radclient(
+            elsewhere.addr,
+            "status",
+            "Message-Authenticator = 0x00\n",
+            SECRET
+        )
+        .0,
+        Seen::NoReply
+    );
+    assert_eq!(elsewhere.counter(|c| &c.unknown_client), 1);
+}
+
+/// A raw client socket with a bounded wait.
+fn raw() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn exchange(sock: &UdpSocket, to: SocketAddr, req: &[u8]) -> Vec<u8> {
+    sock.send_to(req, to).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("a reply within 5 s");
+    buf[..n].to_vec()
+}
+
+fn status(id: u8) -> Vec<u8> {
+    client::request(
+        code::STATUS_SERVER,
+        id,
+        [id; 16],
+        &[],
+        SECRET.as_bytes(),
+        true,
+    )
+}
+
+#[test]
+fn a_retransmission_gets_the_same_bytes_and_uses_the_code_once() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    s.enrolled("dora");
+    let c = s.code("dora", 2);
+    let sock = raw();
+    let req = client::pap(7, [42; 16], "dora", &c, SECRET.as_bytes());
+    let first = exchange(&sock, s.addr, &req);
+    assert_eq!(
+        client::check_reply(&first, &req, SECRET.as_bytes()),
+        Ok(Reply::Accept)
+    );
+    for _ in 0..3 {
+        assert_eq!(exchange(&sock, s.addr, &req), first, "byte-identical");
+    }
+    assert_eq!(s.counter(|c| &c.duplicates_answered), 3);
+    let codes = s.admin().list_codes(Some("dora")).unwrap();
+    assert_eq!(codes[0].uses_remaining, Some(1), "one use taken, not four");
+    // A new request (new authenticator) with the same identifier is a new attempt.
+    let again = client::pap(7, [43; 16], "dora", &c, SECRET.as_bytes());
+    assert_eq!(
+        client::check_reply(&exchange(&sock, s.addr, &again), &again, SECRET.as_bytes()),
+        Ok(Reply::Accept)
+    );
+    assert!(s.admin().list_codes(Some("dora")).unwrap().is_empty());
+}
+
+#[test]
+fn proxy_state_is_copied_in_order() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    let sock = raw();
+    let auth = [9; 16];
+    let hidden = client::hide_password(b"123456789", SECRET.as_bytes(), &auth);
+    let req = client::request(
+        code::ACCESS_REQUEST,
+        1,
+        auth,
+        &[
+            (attr::USER_NAME, b"nobody"),
+            (attr::USER_PASSWORD, &hidden),
+            (attr::PROXY_STATE, b"first"),
+            (attr::PROXY_STATE, b"second"),
+        ],
+        SECRET.as_bytes(),
+        true,
+    );
+    let reply = exchange(&sock, s.addr, &req);
+    assert_eq!(
+        client::check_reply(&reply, &req, SECRET.as_bytes()),
+        Ok(Reply::Reject)
+    );
+    assert_eq!(&reply[38..], b"\x21\x07first\x21\x08second");
+}
+
+#[test]
+fn bad_datagrams_are_dropped_and_the_server_keeps_answering() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    let sock = raw();
+    let good = client::pap(1, [1; 16], "x", "123456789", SECRET.as_bytes());
+    let mut bad: Vec<Vec<u8>> = vec![
+        good[..10].to_vec(),
+        good[..good.len() - 3].to_vec(),
+        vec![1; 5000],
+        Vec::new(),
+    ];
+    let mut lying = good.clone();
+    lying[2..4].copy_from_slice(&4000u16.to_be_bytes());
+    bad.push(lying);
+    for l in [0u8, 1] {
+        let mut b = vec![1, 2, 0, 24];
+        b.extend_from_slice(&[0; 16]);
+        b.extend_from_slice(&[attr::USER_NAME, l, b'a', b'b']);
+        bad.push(b);
+    }
+    for unknown in [0u8, 4, 5, 40, 43, 200] {
+        let mut b = good.clone();
+        b[0] = unknown;
+        bad.push(b);
+    }
+    let auth = [3; 16];
+    let long_password = [7u8; 144];
+    bad.push(client::request(
+        code::ACCESS_REQUEST,
+        3,
+        auth,
+        &[
+            (attr::USER_NAME, b"x"),
+            (attr::USER_PASSWORD, &long_password),
+        ],
+        SECRET.as_bytes(),
+        true,
+    ));
+    let long_name = "n".repeat(253);
+    bad.push(client::pap(
+        4,
+        [4; 16],
+        &long_name,
+        "123456789",
+        b"wrong secret",
+    ));
+    for (i, b) in bad.iter().enumerate() {
+        sock.send_to(b, s.addr).unwrap_or_default();
+        // Datagrams from one socket are handled in order: if the Status-Server sent after
+        // the bad one is answered first, the bad one got nothing.
+        let probe = status(i as u8);
+        let reply = exchange(&sock, s.addr, &probe);
+        assert_eq!(reply[1], i as u8, "case {i}: the only reply is the probe's");
+        assert_eq!(
+            client::check_reply(&reply, &probe, SECRET.as_bytes()),
+            Ok(Reply::Accept)
+        );
+    }
+    let dropped = s.counter(|c| &c.malformed)
+        + s.counter(|c| &c.unsupported_code)
+        + s.counter(|c| &c.bad_user_password)
+        + s.counter(|c| &c.bad_message_authenticator);
+    assert_eq!(dropped as usize, bad.len(), "each was counted");
+}
+
+#[test]
+fn a_thousand_concurrent_requests_for_a_code_with_five_uses_get_exactly_five_accepts() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    s.enrolled("eve");
+    let c = s.code("eve", 5);
+    // 1,000 requests with distinct identifiers need several source ports: 8 x 125. A burst
+    // this size can overflow a socket buffer, so unanswered requests are retransmitted, byte
+    // for byte, as a NAS would; the reply cache keeps a retransmission from counting twice.
+    let socks: Vec<UdpSocket> = (0..8).map(|_| raw()).collect();
+    let mut pending: Vec<(usize, Vec<u8>)> = Vec::new();
+    for k in 0..socks.len() {
+        for id in 0..125u8 {
+            let auth = [k as u8, id, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
+            pending.push((k, client::pap(id, auth, "eve", &c, SECRET.as_bytes())));
+        }
+    }
+    for s in &socks {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    let (mut accepts, mut rejects) = (0, 0);
+    for _round in 0..30 {
+        if pending.is_empty() {
+            break;
+        }
+        for (k, req) in &pending {
+            socks[*k].send_to(req, s.addr).unwrap();
+        }
+        for (k, sock) in socks.iter().enumerate() {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                let Some(i) = pending
+                    .iter()
+                    .position(|(kk, r)| *kk == k && r[1] == buf[1])
+                else {
+                    continue;
+                };
+                let (_, req) = pending.swap_remove(i);
+                match client::check_reply(&buf[..n], &req, SECRET.as_bytes()).unwrap() {
+                    Reply::Accept => accepts += 1,
+                    Reply::Reject => rejects += 1,
+                }
+            }
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "{} requests never answered",
+        pending.len()
+    );
+    assert_eq!((accepts, rejects), (5, 995));
+    assert_eq!(s.counter(|c| &c.store_errors), 0);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed port would collide with other tests; find a free one, then let the daemon bind it.
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let radius =
+        radius_section("", "127.0.0.1", true).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = write_config(dir.path(), &radius);
+    let config = Config::load(&cfg).unwrap();
+    DigestKey::generate()
+        .unwrap()
+        .write_new(&config.store.key_file)
+        .unwrap();
+    SqliteBackend::create(&config.store).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sparekey-radiusd"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Poll with a bounded number of tries until it answers.
+    let mut up = false;
+    for i in 0..50u8 {
+        let probe = status(i);
+        sock.send_to(&probe, addr).unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            up = client::check_reply(&buf[..n], &probe, SECRET.as_bytes()) == Ok(Reply::Accept);
+            break;
+        }
+    }
+    assert!(up, "the daemon answers Status-Server");
+    let r = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(r.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped:"));
+}
+
+#[test]
+fn the_daemon_refuses_a_bad_config_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[radius]\nlisten = [\"127.0.0.1:1812\"]\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_sparekey-radiusd"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("radius.client"));
+    let cfg = write_config(dir.path(), &radius_section("", "127.0.0.1", true));
+    let out = Command::new(env!("CARGO_BIN_EXE_sparekey-radiusd"))
+        .args(["--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no key, no store: refuse to start"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sparekey.key"));
+}
