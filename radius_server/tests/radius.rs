@@ -628,3 +628,65 @@ fn the_daemon_refuses_a_bad_config_with_exit_2() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("sparekey.key"));
 }
+
+/// libpam_wrapper.so, wherever this architecture keeps it.
+fn pam_wrapper() -> PathBuf {
+    let out = Command::new("dpkg")
+        .args(["-L", "libpam-wrapper"])
+        .output()
+        .expect("dpkg");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.ends_with("/libpam_wrapper.so"))
+        .map(PathBuf::from)
+        .expect("libpam-wrapper (Debian) must be installed: scripts/test-deps")
+}
+
+#[test]
+fn pam_radius_auth_logs_in_through_pamtester() {
+    // Debian's pam_radius_auth 2.0 sends no Message-Authenticator: such a client must be
+    // configured with require_message_authenticator = false (and it still gets one back).
+    let s = Server::start(&radius_section("", "127.0.0.1", false));
+    s.enrolled("pat");
+    let c = s.code("pat", 1);
+    let dir = s.dir.path();
+    let conf = dir.join("pam_radius_auth.conf");
+    std::fs::write(&conf, format!("{} {SECRET} 3\n", s.addr)).unwrap();
+    let services = dir.join("pam.d");
+    std::fs::create_dir(&services).unwrap();
+    std::fs::write(
+        services.join("vpn"),
+        format!("auth required pam_radius_auth.so conf={}\n", conf.display()),
+    )
+    .unwrap();
+    let login = |code: &str| {
+        let mut child = Command::new("pamtester")
+            .args(["vpn", "pat", "authenticate"])
+            .env("LD_PRELOAD", pam_wrapper())
+            .env("PAM_WRAPPER", "1")
+            .env("PAM_WRAPPER_SERVICE_DIR", &services)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("pamtester must be installed: scripts/test-deps");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{code}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = login(&c);
+    assert!(ok, "{err}");
+    let (ok, err) = login(&c);
+    assert!(!ok, "the same code again: {err}");
+    assert!(err.contains("Authentication failure"), "{err}");
+    assert_eq!(s.counter(|c| &c.accepts), 1);
+}
