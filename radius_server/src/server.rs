@@ -224,6 +224,26 @@ impl Shared {
     }
 }
 
+/// The receive buffer asked for on each socket: a burst of requests from a concentrator
+/// waits here, not in a dropped packet.
+pub const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Binds a UDP socket for serving: an IPv6 address listens on IPv6 only (so that
+/// `0.0.0.0:1812` and `[::]:1812` can both be given), and the receive buffer is enlarged
+/// as far as the system allows.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // A smaller buffer than asked for is still a working socket.
+    let _ = s.set_recv_buffer_size(RECEIVE_BUFFER);
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
 /// What the server has done, when it stops.
 #[derive(Debug)]
 pub struct Stopped {

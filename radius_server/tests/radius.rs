@@ -47,6 +47,10 @@ fn radius_section(extra: &str, client_address: &str, require_ma: bool) -> String
 
 impl Server {
     fn start(radius: &str) -> Server {
+        Self::start_on("127.0.0.1:0", radius)
+    }
+
+    fn start_on(bind: &str, radius: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), radius);
         let config = Config::load(&cfg).unwrap();
@@ -57,8 +61,7 @@ impl Server {
         SqliteBackend::create(&config.store).unwrap();
         let store = Store::open(&config).unwrap();
         let radius = RadiusConfig::from_config(&config).unwrap();
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
+        let socket = server::bind(bind.parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -689,4 +692,21 @@ fn pam_radius_auth_logs_in_through_pamtester() {
     assert!(!ok, "the same code again: {err}");
     assert!(err.contains("Authentication failure"), "{err}");
     assert_eq!(s.counter(|c| &c.accepts), 1);
+}
+
+#[test]
+fn ipv4_and_ipv6_wildcards_can_share_a_port_and_ipv6_clients_are_served() {
+    let v6 = server::bind("[::]:0".parse().unwrap()).unwrap();
+    let port = v6.local_addr().unwrap().port();
+    server::bind(format!("0.0.0.0:{port}").parse().unwrap()).expect("[::] listens on IPv6 only");
+
+    let s = Server::start_on("[::1]:0", &radius_section("", "::1", true));
+    let sock = UdpSocket::bind("[::1]:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let probe = status(1);
+    let reply = exchange(&sock, s.addr, &probe);
+    assert_eq!(
+        client::check_reply(&reply, &probe, SECRET.as_bytes()),
+        Ok(Reply::Accept)
+    );
 }
