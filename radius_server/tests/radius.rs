@@ -710,3 +710,54 @@ fn ipv4_and_ipv6_wildcards_can_share_a_port_and_ipv6_clients_are_served() {
         Ok(Reply::Accept)
     );
 }
+
+#[test]
+fn non_utf8_and_oversized_fields_are_rejected_not_crashed_on() {
+    let s = Server::start(&radius_section("", "127.0.0.1", true));
+    s.enrolled("fred");
+    let c = s.code("fred", 1);
+    let sock = raw();
+    let auth = [11; 16];
+    let hidden = client::hide_password(c.as_bytes(), SECRET.as_bytes(), &auth);
+    let long_station = [b'9'; 253];
+    for (i, name) in [&b"fr\xffed"[..], &b"\xfe\xfe"[..], &[b'x'; 253][..]]
+        .iter()
+        .enumerate()
+    {
+        let req = client::request(
+            code::ACCESS_REQUEST,
+            i as u8,
+            auth,
+            &[
+                (attr::USER_NAME, name),
+                (attr::USER_PASSWORD, &hidden),
+                (attr::CALLING_STATION_ID, &long_station),
+            ],
+            SECRET.as_bytes(),
+            true,
+        );
+        assert_eq!(
+            client::check_reply(&exchange(&sock, s.addr, &req), &req, SECRET.as_bytes()),
+            Ok(Reply::Reject)
+        );
+    }
+    // A non-UTF-8 password is a wrong code, and the right one still works afterwards.
+    let bad_pw = client::hide_password(b"12345\xff789", SECRET.as_bytes(), &auth);
+    let req = client::request(
+        code::ACCESS_REQUEST,
+        9,
+        auth,
+        &[(attr::USER_NAME, b"fred"), (attr::USER_PASSWORD, &bad_pw)],
+        SECRET.as_bytes(),
+        true,
+    );
+    assert_eq!(
+        client::check_reply(&exchange(&sock, s.addr, &req), &req, SECRET.as_bytes()),
+        Ok(Reply::Reject)
+    );
+    let ok = client::pap(10, [12; 16], "fred", &c, SECRET.as_bytes());
+    assert_eq!(
+        client::check_reply(&exchange(&sock, s.addr, &ok), &ok, SECRET.as_bytes()),
+        Ok(Reply::Accept)
+    );
+}
