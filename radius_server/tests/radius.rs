@@ -9,11 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sparekey::store::{CodeRequest, SqliteBackend};
-use sparekey::{
-    AuditFilter, Config, Context, DeviceKind, DigestKey, NewUser, Status, Store, SystemClock,
-    UserUpdate,
-};
+use sparekey::store::CodeRequest;
+use sparekey::{AuditFilter, Config, Context, DeviceKind, NewUser, Status, Store, UserUpdate};
 use sparekey_radiusd::client::{self, Reply, attr, code};
 use sparekey_radiusd::config::RadiusConfig;
 use sparekey_radiusd::server::{self, Counters};
@@ -54,12 +51,7 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), radius);
         let config = Config::load(&cfg).unwrap();
-        DigestKey::generate()
-            .unwrap()
-            .write_new(&config.store.key_file)
-            .unwrap();
-        SqliteBackend::create(&config.store).unwrap();
-        let store = Store::open(&config).unwrap();
+        let store = Store::create(&config).unwrap();
         let radius = RadiusConfig::from_config(&config).unwrap();
         let socket = server::bind(bind.parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
@@ -97,14 +89,7 @@ impl Server {
 
     /// An admin's handle on the same store.
     fn admin(&self) -> Store {
-        let c = self.config();
-        Store::with_backend(
-            Box::new(SqliteBackend::open(&c.store).unwrap()),
-            DigestKey::load(&c.store.key_file).unwrap(),
-            c.policy.clone(),
-            Arc::new(SystemClock),
-        )
-        .unwrap()
+        Store::open(&self.config()).unwrap()
     }
 
     fn enrolled(&self, name: &str) -> Store {
@@ -568,11 +553,7 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
         radius_section("", "127.0.0.1", true).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let cfg = write_config(dir.path(), &radius);
     let config = Config::load(&cfg).unwrap();
-    DigestKey::generate()
-        .unwrap()
-        .write_new(&config.store.key_file)
-        .unwrap();
-    SqliteBackend::create(&config.store).unwrap();
+    Store::create(&config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_sparekey-radiusd"))
         .args(["--config", cfg.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())

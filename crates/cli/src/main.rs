@@ -381,15 +381,7 @@ fn init(dir: &Path, out: &Out) -> Outcome {
         }
     }
     let created = (|| -> anyhow::Result<()> {
-        DigestKey::generate()?.write_new(&config.store.key_file)?;
-        let backend = SqliteBackend::create(&config.store)?;
-        let key = DigestKey::load(&config.store.key_file)?;
-        Store::with_backend(
-            Box::new(backend),
-            key,
-            config.policy.clone(),
-            std::sync::Arc::new(sparekey::SystemClock),
-        )?;
+        Store::create(&config)?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -692,12 +684,11 @@ fn check_config(path: Option<&Path>, integrity: bool, out: &Out) -> Outcome {
             ));
         }
     }
-    DigestKey::load(&config.store.key_file)?;
+    let key = DigestKey::load(&config.store.key_file)?;
     let mut backend = SqliteBackend::open(&config.store)?;
     if integrity {
         backend.integrity_check()?;
     }
-    let key = DigestKey::load(&config.store.key_file)?;
     Store::with_backend(
         Box::new(backend),
         key,

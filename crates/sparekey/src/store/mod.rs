@@ -272,6 +272,20 @@ impl Store {
         )
     }
 
+    /// Creates what a config names: a new key file (mode 0600) and a new database with the
+    /// current schema. Refuses to overwrite either.
+    pub fn create(config: &Config) -> Result<Self> {
+        DigestKey::generate()?.write_new(&config.store.key_file)?;
+        let backend = SqliteBackend::create(&config.store)?;
+        let key = DigestKey::load(&config.store.key_file)?;
+        Self::with_backend(
+            Box::new(backend),
+            key,
+            config.policy.clone(),
+            Arc::new(SystemClock),
+        )
+    }
+
     /// A store over any backend, with an injected clock.
     pub fn with_backend(
         mut backend: Box<dyn Backend>,
