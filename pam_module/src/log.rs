@@ -161,6 +161,13 @@ fn send(level: Level, line: &str) {
     let Ok(mut logger) = syslog::unix(formatter) else {
         return;
     };
+    // A stuck syslog daemon must not hold up a login: wait a little, then drop the line.
+    let limit = Some(std::time::Duration::from_millis(250));
+    let _ = match &logger.backend {
+        syslog::LoggerBackend::Unix(s) => s.set_write_timeout(limit),
+        syslog::LoggerBackend::UnixStream(s) => s.get_ref().set_write_timeout(limit),
+        _ => Ok(()),
+    };
     let _ = match level {
         Level::Err => logger.err(line),
         Level::Notice => logger.notice(line),
