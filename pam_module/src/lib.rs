@@ -16,6 +16,10 @@
 //! bug). `pam_sm_acct_mgmt`: `PAM_SUCCESS`, `PAM_PERM_DENIED` (disabled, trashed, locked
 //! out), `PAM_USER_UNKNOWN`/`PAM_IGNORE`, `PAM_AUTHINFO_UNAVAIL`, `PAM_SERVICE_ERR`.
 
+// The crate may use FFI, but its own code needs no `unsafe`: the raw pointers stay inside
+// `pam-bindings` and the entry points its macro generates. Keep it that way.
+#![deny(unsafe_code)]
+
 pub mod flow;
 pub mod log;
 pub mod options;
@@ -100,21 +104,25 @@ fn guarded(
 ) -> PamResultCode {
     let service =
         item_string(pamh.get_item::<Service<'_>>()).unwrap_or_else(|| "unknown".to_owned());
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    contain(&service, kind, || {
         let mut log = Log::new(&service, kind);
         let (call, mut store) = match prepare(pamh, &service, args, &mut log) {
             Ok(x) => x,
             Err(code) => return code,
         };
         hook(pamh, &call, &mut store, &log)
-    }));
-    match result {
+    })
+}
+
+/// Runs `f`, turning a panic into a logged `PAM_SERVICE_ERR`: a failure, never success.
+fn contain(service: &str, kind: Kind, f: impl FnOnce() -> PamResultCode) -> PamResultCode {
+    match catch_unwind(AssertUnwindSafe(f)) {
         Ok(code) => code,
         Err(payload) => {
             // Dropping the payload may panic in turn; forget it if so.
             let _ = catch_unwind(AssertUnwindSafe(|| drop(payload))).map_err(std::mem::forget);
             let _ = catch_unwind(|| {
-                Log::new(&service, kind).line(Level::Err, "internal error (panic); refusing");
+                Log::new(service, kind).line(Level::Err, "internal error (panic); refusing");
             });
             PamResultCode::PAM_SERVICE_ERR
         }
@@ -212,5 +220,25 @@ impl Conversation for PamConversation<'_> {
 impl std::fmt::Debug for PamConversation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PamConversation")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::panic)]
+    fn a_panic_is_a_service_error_never_success() {
+        let code = contain("sshd", Kind::Auth, || panic!("boom"));
+        assert_eq!(code, PamResultCode::PAM_SERVICE_ERR);
+        let code = contain("sshd", Kind::Auth, || {
+            std::panic::panic_any(PamResultCode::PAM_SUCCESS)
+        });
+        assert_eq!(code, PamResultCode::PAM_SERVICE_ERR);
+        assert_eq!(
+            contain("sshd", Kind::Auth, || PamResultCode::PAM_AUTH_ERR),
+            PamResultCode::PAM_AUTH_ERR
+        );
     }
 }
