@@ -5,7 +5,7 @@
 //! Every program under test runs inside `unshare -m`, where a small tmpfs stands in for
 //! `/dev` and its `/dev/log` leads to this sandbox's socket, so each test reads exactly
 //! the syslog lines its own programs wrote, and nothing on the machine changes: `/etc`
-//! files are replaced only by bind mounts inside the namespace.
+//! files are replaced only by bind mounts inside the namespace, and `/tmp` is private.
 
 #![allow(dead_code)]
 
@@ -116,6 +116,13 @@ ln -s /proc/self/fd/0 /dev/stdin
 ln -s /proc/self/fd/1 /dev/stdout
 ln -s /proc/self/fd/2 /dev/stderr
 ln -s "$SK_SANDBOX/log.sock" /dev/log
+# A private /tmp (pam_wrapper keeps its copies of libpam in /tmp/pam.?, picked racily
+# among 62 names), with the sandbox bind-mounted back at its own path.
+mkdir /dev/sk-sandbox
+mount --bind "$SK_SANDBOX" /dev/sk-sandbox
+mount -t tmpfs -o mode=1777,size=64m sparekey-test-tmp /tmp
+mkdir -p "$SK_SANDBOX"
+mount --bind /dev/sk-sandbox "$SK_SANDBOX"
 "#;
 
 impl Sandbox {
