@@ -47,11 +47,11 @@ pub fn require_root() {
     );
 }
 
-/// The module built for these tests (the cdylib next to the test binary's deps).
+/// The module built with these tests: cargo compiles the library's cdylib beside the test
+/// binary, in `target/<profile>/deps`.
 pub fn module() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let so = dir.join("libpam_sparekey.so");
+    let so = exe.parent().unwrap().join("libpam_sparekey.so");
     assert!(so.exists(), "{} was not built", so.display());
     so
 }
