@@ -27,7 +27,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Writes a pam_wrapper service file; `{module}` and `{config}` are filled in.
 fn service(sb: &Sandbox, ts: &TestStore, name: &str, lines: &str) {
     let text = lines
-        .replace("{module}", &module().display().to_string())
+        .replace("{module}", &sb.module().display().to_string())
         .replace("{config}", &ts.config.display().to_string());
     sb.write(&format!("pamsvc/{name}"), &text, 0o644);
 }
@@ -638,7 +638,7 @@ fn sshd_logs_in_with_a_key_and_a_code_once() {
     sb.write("askpass", &fixture("askpass").replace("@DIR@", &dir), 0o755);
     std::fs::create_dir(sb.path("client_home")).unwrap();
 
-    let pam = pam_dir(&sb, &[("sshd", shipped_service("sshd", &ts.config))]);
+    let pam = pam_dir(&sb, &[("sshd", shipped_service(&sb, "sshd", &ts.config))]);
     let mut sshd = sb.command(
         &system_mounts(&account, &pam),
         &program("sshd"),
@@ -747,7 +747,7 @@ fn sudo_runs_a_command_for_a_code_once() {
         &fixture("sudoers").replace("@USER@", &account.name),
         0o440,
     );
-    let pam = pam_dir(&sb, &[("sudo", shipped_service("sudo", &ts.config))]);
+    let pam = pam_dir(&sb, &[("sudo", shipped_service(&sb, "sudo", &ts.config))]);
     let setup = format!(
         "{}mount --bind \"$SK_SANDBOX/etc/sudoers\" /etc/sudoers\n",
         system_mounts(&account, &pam)

@@ -164,6 +164,16 @@ impl Sandbox {
         }
     }
 
+    /// The module under test, linked (or copied) into the sandbox: inside the namespace
+    /// `/tmp` is private, and the build directory may be under it.
+    pub fn module(&self) -> PathBuf {
+        let p = self.path("pam_sparekey.so");
+        if !p.exists() && std::fs::hard_link(module(), &p).is_err() {
+            std::fs::copy(module(), &p).unwrap();
+        }
+        p
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -484,12 +494,12 @@ pub fn pam_dir(sb: &Sandbox, services: &[(&str, String)]) -> String {
 
 /// A shipped example from packaging/pam.d, with `pam_sparekey.so` pointing at the module
 /// under test and its config.
-pub fn shipped_service(name: &str, config: &Path) -> String {
+pub fn shipped_service(sb: &Sandbox, name: &str, config: &Path) -> String {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../packaging/pam.d")
         .join(name);
     let text = std::fs::read_to_string(&file).unwrap();
-    let with = format!("{} config={}", module().display(), config.display());
+    let with = format!("{} config={}", sb.module().display(), config.display());
     text.lines()
         .map(|l| {
             if l.trim_start().starts_with('#') {
