@@ -44,6 +44,8 @@ pub trait Backend: Send + std::fmt::Debug {
     fn normalization(&mut self) -> Result<Option<Normalization>>;
     /// Records the normalisation of a new store.
     fn set_normalization(&mut self, n: Normalization) -> Result<()>;
+    /// Housekeeping after a purge (SQLite: fold the write-ahead log into the database).
+    fn maintain(&mut self) -> Result<()>;
 }
 
 /// Which users to list.
@@ -525,7 +527,9 @@ impl Store {
 
     /// Drops expired codes and removes users past the trash retention.
     pub fn purge(&mut self, ctx: &Context) -> Result<PurgeReport> {
-        self.batch(ctx, |b| b.purge())
+        let report = self.batch(ctx, |b| b.purge())?;
+        self.backend.maintain()?;
+        Ok(report)
     }
 
     /// Lists audit events.

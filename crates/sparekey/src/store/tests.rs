@@ -990,3 +990,43 @@ fn a_failed_attempt_is_undone_alone() {
         .unwrap();
     assert_eq!(kept.len(), 1, "the released step stays");
 }
+
+#[test]
+fn purge_folds_the_log_into_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::config::Config::init_text(dir.path());
+    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let wal = dir.path().join("sparekey.db-wal");
+    let ctx = Context::new("test");
+    {
+        let mut store = Store::create(&config).unwrap();
+        store
+            .add_user(
+                NewUser {
+                    username: "walt".into(),
+                    ..NewUser::default()
+                },
+                &ctx,
+            )
+            .unwrap();
+    }
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "closing leaves the log for the next process"
+    );
+    let mut store = Store::open(&config).unwrap();
+    store.purge(&ctx).unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    drop(store);
+    // The database file alone now holds everything.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::copy(dir.path().join("sparekey.db"), copy.join("sparekey.db")).unwrap();
+    std::fs::copy(dir.path().join("sparekey.key"), copy.join("sparekey.key")).unwrap();
+    let copied = crate::config::Config::parse(
+        &crate::config::Config::init_text(&copy),
+        &copy.join("sparekey.toml"),
+    )
+    .unwrap();
+    assert!(Store::open(&copied).unwrap().find_user("walt").is_ok());
+}
