@@ -14,11 +14,11 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use sparekey::audit::display_login;
-use sparekey::{Context, Decision, Source, Store, Verdict};
+use sparekey::{Context, Decision, Source, Verdict};
 
 use crate::config::{BypassStatus, ClientConfig, RadiusConfig};
 use crate::protocol::{self, Answer, Drop, Kind, Request};
-use crate::writer::{self, Job, Queue, Refused};
+use crate::writer::{self, Job, Queue, Refused, Verify};
 
 /// How long a reply is kept to answer retransmissions (RFC 5080 section 2.2.2).
 pub const REPLY_CACHE_SECS: u64 = 30;
@@ -258,11 +258,11 @@ pub struct Handle {
     pub counters: Arc<Counters>,
 }
 
-/// Serves RADIUS on `sockets` with `store` until `shutdown` completes; then stops
+/// Serves RADIUS on `sockets`, deciding with `store` (a [`sparekey::Store`]), until `shutdown` completes; then stops
 /// receiving, finishes and commits what is in flight, sends those replies, and returns.
 pub async fn run(
     sockets: Vec<UdpSocket>,
-    store: Store,
+    store: Box<dyn Verify>,
     config: &RadiusConfig,
     auth_log: Option<Box<dyn AuthLog>>,
     counters: Arc<Counters>,

@@ -69,7 +69,7 @@ impl Server {
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                server::run(vec![socket], store, &radius, None, c, shutdown)
+                server::run(vec![socket], Box::new(store), &radius, None, c, shutdown)
                     .await
                     .unwrap();
             });

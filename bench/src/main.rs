@@ -1,0 +1,189 @@
+//! `sparekey-bench`: the RADIUS load generator and its helpers.
+//!
+//! - `load`: drive any RADIUS server with PAP requests and report rate and latency;
+//! - `setup`: make benchmark users for sparekey-radiusd and FreeRADIUS;
+//! - `null-responder`: sparekey-radiusd's packet handling with no store (the ceiling).
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sparekey_bench::radius_load::{self, LoadConfig, Mode};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sparekey-bench",
+    about = "RADIUS load generator and benchmark helpers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send PAP Access-Requests and report rate, latency and answers
+    Load {
+        /// The server, IP:port
+        #[arg(long)]
+        server: SocketAddr,
+        /// The shared secret
+        #[arg(long)]
+        secret: String,
+        /// `user,code` lines (codes reusable and unexpiring)
+        #[arg(long)]
+        users: PathBuf,
+        /// Requests in flight (closed loop)
+        #[arg(long, default_value_t = 64, conflicts_with = "rate")]
+        concurrency: usize,
+        /// Requests per second (open loop)
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds to send for
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop after this many requests
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Fraction of requests with a wrong code
+        #[arg(long, default_value_t = 0.1)]
+        wrong_ratio: f64,
+        /// Milliseconds before a retransmission
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Retransmissions before a request counts as lost
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+        /// Client sockets (threads)
+        #[arg(long, default_value_t = 2)]
+        sockets: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of a line of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make N benchmark users: a sparekey store, users.csv, and FreeRADIUS's users file
+    Setup {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        secret: String,
+        /// The store's synchronous setting: full or normal
+        #[arg(long, default_value = "full")]
+        synchronous: String,
+    },
+    /// Answer like sparekey-radiusd, from users.csv held in memory, with no store
+    NullResponder {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        secret: String,
+        #[arg(long)]
+        users: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Load {
+            server,
+            secret,
+            users,
+            concurrency,
+            rate,
+            duration,
+            requests,
+            wrong_ratio,
+            timeout_ms,
+            retries,
+            sockets,
+            seed,
+            json,
+        } => {
+            let cfg = LoadConfig {
+                server,
+                secret: secret.into_bytes(),
+                users: Arc::new(radius_load::read_users(&users)?),
+                wrong_ratio,
+                mode: rate.map_or(Mode::Closed { concurrency }, |rate| Mode::Open { rate }),
+                duration: Duration::from_secs_f64(duration),
+                max_requests: requests,
+                timeout: Duration::from_millis(timeout_ms),
+                retries,
+                sockets,
+                seed,
+            };
+            let r = radius_load::run(&cfg)?;
+            if json {
+                println!(
+                    "{{\"rate\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"sent\":{},\"answered\":{},\"accepts\":{},\"rejects\":{},\"unexpected\":{},\"bad_replies\":{},\"lost\":{},\"retransmits\":{},\"skipped\":{}}}",
+                    r.rate(),
+                    r.quantile_us(0.5) as f64 / 1000.0,
+                    r.quantile_us(0.99) as f64 / 1000.0,
+                    r.quantile_us(0.999) as f64 / 1000.0,
+                    r.sent,
+                    r.answered,
+                    r.accepts,
+                    r.rejects,
+                    r.unexpected,
+                    r.bad_replies,
+                    r.lost,
+                    r.retransmits,
+                    r.skipped
+                );
+            } else {
+                println!("{}", r.summary());
+            }
+            if !r.all_as_expected() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Setup {
+            dir,
+            users,
+            listen,
+            secret,
+            synchronous,
+        } => sparekey_bench::setup::make(&dir, users, &listen, &secret, &synchronous),
+        Command::NullResponder {
+            listen,
+            secret,
+            users,
+        } => null_responder(listen, secret, users),
+    }
+}
+
+fn null_responder(listen: SocketAddr, secret: String, users: PathBuf) -> anyhow::Result<()> {
+    let users = radius_load::read_users(&users)?;
+    let text = format!(
+        "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n\
+         [[radius.client]]\nname = \"bench\"\naddress = \"127.0.0.1\"\nsecret = \"{secret}\"\nrate_limit = 0\n"
+    );
+    let config = sparekey::Config::parse(&text, std::path::Path::new("/null-responder.toml"))?;
+    let radius =
+        sparekey_radiusd::config::RadiusConfig::from_config(&config).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let socket = tokio::net::UdpSocket::from_std(sparekey_radiusd::server::bind(listen)?)?;
+        let verifier = Box::new(sparekey_bench::null::NullVerifier::new(&users));
+        let counters = Arc::new(sparekey_radiusd::server::Counters::default());
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        sparekey_radiusd::server::run(vec![socket], verifier, &radius, None, counters, shutdown)
+            .await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,403 @@
+//! A RADIUS load generator that any server can be pointed at: PAP with a
+//! Message-Authenticator, a mix of valid and wrong codes over many users, closed loop
+//! (N requests in flight) or open loop (a fixed rate), retransmission on timeout, and
+//! every answer checked against what was expected.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sparekey_radiusd::client::{self, Reply};
+
+/// How requests are paced.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Keep this many requests in flight, in total.
+    Closed {
+        /// Requests in flight.
+        concurrency: usize,
+    },
+    /// Send at this many requests per second, in total, whatever the answers.
+    Open {
+        /// Requests per second.
+        rate: f64,
+    },
+}
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    /// The server.
+    pub server: SocketAddr,
+    /// The shared secret.
+    pub secret: Vec<u8>,
+    /// Users and a valid (reusable, unexpiring) code for each.
+    pub users: Arc<Vec<(String, String)>>,
+    /// Fraction of requests sent with a wrong code (expected to be rejected).
+    pub wrong_ratio: f64,
+    /// Pacing.
+    pub mode: Mode,
+    /// How long to send for.
+    pub duration: Duration,
+    /// Stop after this many requests in total, if sooner.
+    pub max_requests: Option<u64>,
+    /// How long to wait for an answer before retransmitting.
+    pub timeout: Duration,
+    /// Retransmissions before a request counts as lost.
+    pub retries: u32,
+    /// Client sockets (each has 256 identifiers).
+    pub sockets: usize,
+    /// Seed for the choice of users, codes and authenticators.
+    pub seed: u64,
+}
+
+/// What a run saw.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Requests sent (first transmissions).
+    pub sent: u64,
+    /// Retransmissions.
+    pub retransmits: u64,
+    /// Requests answered.
+    pub answered: u64,
+    /// Access-Accepts.
+    pub accepts: u64,
+    /// Access-Rejects.
+    pub rejects: u64,
+    /// Answers that differed from what was expected (an Accept for a wrong code, ...).
+    pub unexpected: u64,
+    /// Replies that failed the checks (authenticator, Message-Authenticator, identifier).
+    pub bad_replies: u64,
+    /// Requests never answered, after every retransmission.
+    pub lost: u64,
+    /// Open loop: sends skipped because all 256 identifiers of a socket were in flight.
+    pub skipped: u64,
+    /// Seconds from the first send to the last answer.
+    pub elapsed: f64,
+    /// Latency of every answered request, in microseconds, from its (scheduled) first send.
+    pub latencies_us: Vec<u64>,
+}
+
+impl Report {
+    /// Answered requests per second.
+    pub fn rate(&self) -> f64 {
+        if self.elapsed > 0.0 {
+            self.answered as f64 / self.elapsed
+        } else {
+            0.0
+        }
+    }
+
+    /// The `q` quantile (0..=1) of latency in microseconds.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let mut v = self.latencies_us.clone();
+        if v.is_empty() {
+            return 0;
+        }
+        v.sort_unstable();
+        let i = ((v.len() - 1) as f64 * q).round() as usize;
+        v[i.min(v.len() - 1)]
+    }
+
+    /// Whether every request was answered as expected.
+    pub fn all_as_expected(&self) -> bool {
+        self.lost == 0
+            && self.unexpected == 0
+            && self.bad_replies == 0
+            && self.answered == self.sent
+    }
+
+    fn merge(&mut self, o: Report) {
+        self.sent += o.sent;
+        self.retransmits += o.retransmits;
+        self.answered += o.answered;
+        self.accepts += o.accepts;
+        self.rejects += o.rejects;
+        self.unexpected += o.unexpected;
+        self.bad_replies += o.bad_replies;
+        self.lost += o.lost;
+        self.skipped += o.skipped;
+        self.elapsed = self.elapsed.max(o.elapsed);
+        self.latencies_us.extend(o.latencies_us);
+    }
+
+    /// One line: rate, latency quantiles and counts.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  sent {}  answered {}  accept {}  reject {}  \
+             unexpected {}  bad {}  lost {}  retransmits {}  skipped {}",
+            self.rate(),
+            self.quantile_us(0.5) as f64 / 1000.0,
+            self.quantile_us(0.99) as f64 / 1000.0,
+            self.quantile_us(0.999) as f64 / 1000.0,
+            self.sent,
+            self.answered,
+            self.accepts,
+            self.rejects,
+            self.unexpected,
+            self.bad_replies,
+            self.lost,
+            self.retransmits,
+            self.skipped
+        )
+    }
+}
+
+/// xorshift64*: fast, seedable, and plenty for choosing users and authenticators.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+struct InFlight {
+    request: Vec<u8>,
+    expect: Reply,
+    started: Instant,
+    deadline: Instant,
+    tries: u32,
+}
+
+/// Runs the load and returns what it saw. Each socket runs on its own thread.
+pub fn run(cfg: &LoadConfig) -> std::io::Result<Report> {
+    let start = Instant::now();
+    let sockets = cfg.sockets.max(1);
+    let mut threads = Vec::new();
+    for k in 0..sockets {
+        let cfg = cfg.clone();
+        let sock = UdpSocket::bind(if cfg.server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        })?;
+        sock.connect(cfg.server)?;
+        threads.push(std::thread::spawn(move || {
+            worker(&cfg, &sock, k, sockets, start)
+        }));
+    }
+    let mut report = Report::default();
+    for t in threads {
+        match t.join() {
+            Ok(r) => report.merge(r?),
+            Err(_) => return Err(std::io::Error::other("a load worker panicked")),
+        }
+    }
+    Ok(report)
+}
+
+fn worker(
+    cfg: &LoadConfig,
+    sock: &UdpSocket,
+    k: usize,
+    of: usize,
+    start: Instant,
+) -> std::io::Result<Report> {
+    let mut rng = Rng(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(k as u64 + 1)) | 1);
+    let mut slots: Vec<Option<InFlight>> = (0..256).map(|_| None).collect();
+    let mut next_id = 0usize;
+    let mut in_flight = 0usize;
+    let mut r = Report::default();
+    let window = match cfg.mode {
+        Mode::Closed { concurrency } => {
+            (concurrency / of + usize::from(k < concurrency % of)).clamp(1, 256)
+        }
+        Mode::Open { .. } => 256,
+    };
+    let interval = match cfg.mode {
+        Mode::Open { rate } => Some(Duration::from_secs_f64(of as f64 / rate.max(1e-3))),
+        Mode::Closed { .. } => None,
+    };
+    let quota = cfg
+        .max_requests
+        .map(|m| m / of as u64 + u64::from((k as u64) < m % of as u64));
+    let stop_sending = start + cfg.duration;
+    let mut next_send =
+        start + interval.map_or(Duration::ZERO, |i| i.mul_f64(k as f64 / of as f64));
+    let mut buf = [0u8; 4096];
+    loop {
+        let now = Instant::now();
+        let may_send = now < stop_sending && quota.is_none_or(|q| r.sent < q);
+        if !may_send && in_flight == 0 {
+            break;
+        }
+        // Send what the pacing allows.
+        if may_send {
+            match interval {
+                None => {
+                    while in_flight < window && quota.is_none_or(|q| r.sent < q) {
+                        send_new(
+                            cfg,
+                            sock,
+                            &mut rng,
+                            &mut slots,
+                            &mut next_id,
+                            &mut in_flight,
+                            &mut r,
+                            Instant::now(),
+                        )?;
+                    }
+                }
+                Some(iv) => {
+                    while next_send <= Instant::now() && quota.is_none_or(|q| r.sent < q) {
+                        if in_flight < window {
+                            send_new(
+                                cfg,
+                                sock,
+                                &mut rng,
+                                &mut slots,
+                                &mut next_id,
+                                &mut in_flight,
+                                &mut r,
+                                next_send,
+                            )?;
+                        } else {
+                            r.skipped += 1;
+                        }
+                        next_send += iv;
+                    }
+                }
+            }
+        }
+        // Retransmit or give up on what timed out.
+        let now = Instant::now();
+        for slot in slots.iter_mut() {
+            if let Some(f) = slot {
+                if f.deadline <= now {
+                    if f.tries > cfg.retries {
+                        r.lost += 1;
+                        *slot = None;
+                        in_flight -= 1;
+                    } else {
+                        f.tries += 1;
+                        f.deadline = now + cfg.timeout;
+                        r.retransmits += 1;
+                        send(sock, &f.request)?;
+                    }
+                }
+            }
+        }
+        // Wait for an answer until the next thing to do.
+        let mut wake = slots
+            .iter()
+            .flatten()
+            .map(|f| f.deadline)
+            .min()
+            .unwrap_or(now + cfg.timeout);
+        if interval.is_some() && may_send {
+            wake = wake.min(next_send);
+        }
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_micros(50));
+        sock.set_read_timeout(Some(wait))?;
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let id = usize::from(buf[1]);
+                let Some(f) = slots[id].take() else { continue };
+                in_flight -= 1;
+                r.answered += 1;
+                r.latencies_us.push(f.started.elapsed().as_micros() as u64);
+                match client::check_reply(&buf[..n], &f.request, &cfg.secret) {
+                    Ok(got) => {
+                        if got == Reply::Accept {
+                            r.accepts += 1;
+                        } else {
+                            r.rejects += 1;
+                        }
+                        if got != f.expect {
+                            r.unexpected += 1;
+                        }
+                    }
+                    Err(_) => r.bad_replies += 1,
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(e),
+        }
+    }
+    r.elapsed = start.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_new(
+    cfg: &LoadConfig,
+    sock: &UdpSocket,
+    rng: &mut Rng,
+    slots: &mut [Option<InFlight>],
+    next_id: &mut usize,
+    in_flight: &mut usize,
+    r: &mut Report,
+    started: Instant,
+) -> std::io::Result<()> {
+    // The caller keeps fewer than 256 in flight, so a free identifier exists.
+    while slots[*next_id].is_some() {
+        *next_id = (*next_id + 1) % 256;
+    }
+    let id = *next_id;
+    *next_id = (id + 1) % 256;
+    let (user, code) = &cfg.users[(rng.next() % cfg.users.len().max(1) as u64) as usize];
+    let wrong = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < cfg.wrong_ratio;
+    let wrong_code;
+    let (code, expect) = if wrong {
+        // Nine digits that differ from the valid code in the first one.
+        let first = (code.as_bytes().first().map_or(0, |b| b - b'0') + 1) % 10;
+        wrong_code = format!("{first}{:08}", rng.next() % 100_000_000);
+        (wrong_code.as_str(), Reply::Reject)
+    } else {
+        (code.as_str(), Reply::Accept)
+    };
+    let mut auth = [0u8; 16];
+    auth[..8].copy_from_slice(&rng.next().to_le_bytes());
+    auth[8..].copy_from_slice(&rng.next().to_le_bytes());
+    let request = client::pap(id as u8, auth, user, code, &cfg.secret);
+    send(sock, &request)?;
+    slots[id] = Some(InFlight {
+        request,
+        expect,
+        started,
+        deadline: Instant::now() + cfg.timeout,
+        tries: 1,
+    });
+    *in_flight += 1;
+    r.sent += 1;
+    Ok(())
+}
+
+fn send(sock: &UdpSocket, bytes: &[u8]) -> std::io::Result<()> {
+    match sock.send(bytes) {
+        Ok(_) => Ok(()),
+        // A full socket buffer or a server not yet listening: the retransmission covers it.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `user,code` lines (a header line `user,code` is skipped).
+pub fn read_users(path: &std::path::Path) -> std::io::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(','))
+        .filter(|(u, _)| *u != "user")
+        .map(|(u, c)| (u.trim().to_owned(), c.trim().to_owned()))
+        .collect())
+}

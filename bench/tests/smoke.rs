@@ -1,0 +1,112 @@
+//! A small run of the load generator against sparekey-radiusd (and the null responder):
+//! a few hundred requests, every one answered as expected. The benchmark proper is not
+//! part of the tests; this keeps the generator and its setup working.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sparekey::{Config, Store};
+use sparekey_bench::radius_load::{self, LoadConfig, Mode};
+use sparekey_radiusd::config::RadiusConfig;
+use sparekey_radiusd::server::{self, Counters};
+use sparekey_radiusd::writer::Verify;
+
+const SECRET: &str = "smoke-test-secret-0123456789";
+
+fn serve(
+    verifier: Box<dyn Verify>,
+    config: &Config,
+    f: impl FnOnce(std::net::SocketAddr),
+) -> Arc<Counters> {
+    let radius = RadiusConfig::from_config(config).unwrap();
+    let socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+            server::run(vec![socket], verifier, &radius, None, c, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    f(addr);
+    stop.send(()).unwrap();
+    t.join().unwrap();
+    counters
+}
+
+fn load(
+    addr: std::net::SocketAddr,
+    users: Arc<Vec<(String, String)>>,
+    mode: Mode,
+) -> radius_load::Report {
+    radius_load::run(&LoadConfig {
+        server: addr,
+        secret: SECRET.as_bytes().to_vec(),
+        users,
+        wrong_ratio: 0.2,
+        mode,
+        duration: Duration::from_secs(30),
+        max_requests: Some(400),
+        timeout: Duration::from_millis(500),
+        retries: 10,
+        sockets: 2,
+        seed: 7,
+    })
+    .unwrap()
+}
+
+#[test]
+fn the_generator_drives_sparekey_radiusd_and_every_answer_is_as_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    sparekey_bench::setup::make(dir.path(), 200, "127.0.0.1:0", SECRET, "normal").unwrap();
+    let config = Config::load(&dir.path().join("sparekey.toml")).unwrap();
+    let users = Arc::new(radius_load::read_users(&dir.path().join("users.csv")).unwrap());
+    assert_eq!(users.len(), 200);
+    let fr = std::fs::read_to_string(dir.path().join("freeradius-users")).unwrap();
+    assert_eq!(fr.lines().count(), 200);
+
+    let store = Store::open(&config).unwrap();
+    let mut reports = Vec::new();
+    serve(Box::new(store), &config, |addr| {
+        reports.push(load(addr, users.clone(), Mode::Closed { concurrency: 16 }));
+        reports.push(load(addr, users.clone(), Mode::Open { rate: 2000.0 }));
+    });
+    for r in &reports {
+        assert!(r.all_as_expected(), "{}", r.summary());
+        assert_eq!(r.sent, 400);
+        assert!(r.accepts > 250 && r.rejects > 40, "{}", r.summary());
+    }
+    // Every answer was durably recorded: one audit event per verified request.
+    let audited = Store::open(&config)
+        .unwrap()
+        .audit(&sparekey::AuditFilter {
+            action: Some("auth".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(audited.len(), 800);
+
+    let null = sparekey_bench::null::NullVerifier::new(&users);
+    let counters = serve(Box::new(null), &config, |addr| {
+        let r = load(addr, users.clone(), Mode::Closed { concurrency: 32 });
+        assert!(r.all_as_expected(), "{}", r.summary());
+    });
+    assert_eq!(
+        counters.accepts.load(std::sync::atomic::Ordering::SeqCst)
+            + counters.rejects.load(std::sync::atomic::Ordering::SeqCst),
+        400
+    );
+}
