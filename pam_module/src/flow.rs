@@ -37,12 +37,15 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    fn context(&self) -> Context {
-        Context::new(format!("pam:{}", self.service)).with_source(Source {
-            address: self.rhost.map(str::to_owned),
-            tty: self.tty.map(str::to_owned),
-            ..Source::default()
-        })
+    fn context(&self, settings: &Settings) -> Context {
+        let allow = settings.bypass_status == BypassStatus::Allow;
+        Context::new(format!("pam:{}", self.service))
+            .with_bypass(allow)
+            .with_source(Source {
+                address: self.rhost.map(str::to_owned),
+                tty: self.tty.map(str::to_owned),
+                ..Source::default()
+            })
     }
 
     fn extra(&self) -> Extra<'_> {
@@ -68,7 +71,7 @@ pub fn authenticate(
         Err(e) => return unavailable(log, user, &e),
     };
     log.line(Level::Debug, &format!("account state {account:?}"));
-    let ctx = attempt.context();
+    let ctx = attempt.context(settings);
     match account {
         Account::Unknown if settings.unknown_user == UnknownUser::Ignore => {
             log.outcome(
@@ -206,15 +209,7 @@ fn answer(
 ) -> (PamResultCode, Level, &'static str, Option<&'static str>) {
     match v.decision {
         Decision::Accept => (PamResultCode::PAM_SUCCESS, Level::Info, "accept", None),
-        Decision::Bypass => match settings.bypass_status {
-            BypassStatus::Allow => (PamResultCode::PAM_SUCCESS, Level::Info, "bypass", None),
-            BypassStatus::Deny => (
-                PamResultCode::PAM_AUTH_ERR,
-                Level::Notice,
-                "reject",
-                Some("bypass_denied"),
-            ),
-        },
+        Decision::Bypass => (PamResultCode::PAM_SUCCESS, Level::Info, "bypass", None),
         // Trashed users are unknown to verification, but they are not new users a rollout
         // should let past: they are refused.
         Decision::Reject(Reason::UnknownUser) if account == Account::Trashed => (
@@ -285,7 +280,7 @@ fn unavailable(log: &Log, user: &str, e: &sparekey::Error) -> PamResultCode {
         Level::Err,
         &format!(
             "user={} outcome=error reason=store_unavailable: {e}",
-            crate::log::display_login(user)
+            sparekey::audit::display_login(user)
         ),
     );
     PamResultCode::PAM_AUTHINFO_UNAVAIL
@@ -535,8 +530,14 @@ mod tests {
         assert_eq!(rc, PamResultCode::PAM_AUTH_ERR);
         assert_eq!(conv.asked.len(), 1);
         assert!(lines[0].contains("reason=bypass_denied"), "{lines:?}");
+        // The audit tells the two apart: let through, and refused.
         let audit = f.store.audit(&Default::default()).unwrap();
-        assert_eq!(audit.iter().filter(|e| e.outcome == "bypass").count(), 2);
+        let auth: Vec<(&str, Option<&str>)> = audit
+            .iter()
+            .filter(|e| e.action == "auth")
+            .map(|e| (e.outcome.as_str(), e.reason.as_deref()))
+            .collect();
+        assert_eq!(auth, [("bypass", None), ("reject", Some("bypass_denied"))]);
     }
 
     #[test]

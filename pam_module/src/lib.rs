@@ -154,7 +154,7 @@ fn prepare(
             Level::Err,
             &format!(
                 "user={} outcome=error reason=config_unusable: {why}",
-                log::display_login(&user)
+                sparekey::audit::display_login(&user)
             ),
         );
         PamResultCode::PAM_AUTHINFO_UNAVAIL

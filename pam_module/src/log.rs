@@ -7,7 +7,6 @@
 
 use std::fmt::Write as _;
 
-use sparekey::Passcode;
 use sparekey::audit::sanitize;
 
 /// The PAM function a line comes from.
@@ -90,7 +89,10 @@ impl Log {
         reason: Option<&str>,
         extra: &Extra<'_>,
     ) {
-        let mut m = format!("user={} outcome={outcome}", value(&display_login(user)));
+        let mut m = format!(
+            "user={} outcome={outcome}",
+            value(&sparekey::audit::display_login(user))
+        );
         if let Some(r) = reason {
             let _ = write!(m, " reason={r}");
         }
@@ -121,15 +123,6 @@ pub struct Extra<'a> {
     pub code_id: Option<&'a str>,
     /// Uses the code has left.
     pub uses_remaining: Option<u32>,
-}
-
-/// A login fit for a log line: `<redacted>` when it has the shape of a code.
-pub fn display_login(login: &str) -> String {
-    if Passcode::parse(login).is_ok() {
-        "<redacted>".to_owned()
-    } else {
-        sanitize(login, 64)
-    }
 }
 
 /// A value from a client as one `key=value` field: quoted if it has a space, a quote or

@@ -133,7 +133,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         };
-        server::run(sockets, Box::new(store), &radius, syslog(), counters, shutdown).await?;
+        server::run(
+            sockets,
+            Box::new(store),
+            &radius,
+            syslog(),
+            counters,
+            shutdown,
+        )
+        .await?;
         Ok(())
     })
 }

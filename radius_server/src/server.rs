@@ -436,12 +436,14 @@ async fn handle(
         send(sock, &bytes, from).await;
         return None;
     };
-    let ctx = Context::new(format!("radius:{name}")).with_source(Source {
-        address: Some(from.ip().to_string()),
-        station: login.station.clone(),
-        nas: login.nas.clone(),
-        tty: None,
-    });
+    let ctx = Context::new(format!("radius:{name}"))
+        .with_bypass(shared.bypass == BypassStatus::Allow)
+        .with_source(Source {
+            address: Some(from.ip().to_string()),
+            station: login.station.clone(),
+            nas: login.nas.clone(),
+            tty: None,
+        });
     let (answer_tx, answer_rx) = oneshot::channel();
     let job = Job {
         login: login.user_name.clone(),
@@ -492,9 +494,9 @@ fn decide(
                 .username
                 .clone()
                 .unwrap_or_else(|| display_login(&login.user_name));
-            let answer = match (v.decision, shared.bypass) {
-                (Decision::Accept, _) | (Decision::Bypass, BypassStatus::Allow) => Answer::Accept,
-                _ => Answer::Reject,
+            let answer = match v.decision {
+                Decision::Accept | Decision::Bypass => Answer::Accept,
+                Decision::Reject(_) => Answer::Reject,
             };
             let result = if answer == Answer::Accept {
                 "accept"

@@ -13,11 +13,17 @@ use sparekey::{Attempt, Context, Store, Verdict};
 /// else that answers the same way.
 pub trait Verify: Send {
     /// Decides `attempts` together; see [`Store::verify_many`].
-    fn verify_many(&mut self, attempts: &[Attempt<'_>]) -> sparekey::Result<Vec<sparekey::Result<Verdict>>>;
+    fn verify_many(
+        &mut self,
+        attempts: &[Attempt<'_>],
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>>;
 }
 
 impl Verify for Store {
-    fn verify_many(&mut self, attempts: &[Attempt<'_>]) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+    fn verify_many(
+        &mut self,
+        attempts: &[Attempt<'_>],
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
         Store::verify_many(self, attempts)
     }
 }

@@ -23,15 +23,26 @@ pub struct Context {
     pub actor: String,
     /// Where the request came from.
     pub source: Source,
+    /// Whether this front end lets a user in bypass status through without a code (Duo's
+    /// meaning of bypass). Off unless the front end turns it on, so that one that forgets
+    /// denies.
+    pub allow_bypass: bool,
 }
 
 impl Context {
-    /// A context with no source information.
+    /// A context with no source information that does not let bypass users through.
     pub fn new(actor: impl Into<String>) -> Self {
         Context {
             actor: sanitize(&actor.into(), 128),
             source: Source::default(),
+            allow_bypass: false,
         }
+    }
+
+    /// The same context, letting bypass users through or not.
+    pub fn with_bypass(mut self, allow: bool) -> Self {
+        self.allow_bypass = allow;
+        self
     }
 
     /// The same context with a source.

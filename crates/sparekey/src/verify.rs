@@ -16,8 +16,8 @@ use crate::store::{Env, Tx, audit};
 pub enum Decision {
     /// A code matched and one of its uses was taken.
     Accept,
-    /// The user is in bypass status: no code was asked for or consumed. Each front end
-    /// decides whether this allows (Duo's meaning) or denies.
+    /// The user is in bypass status and the front end lets such users through
+    /// ([`Context::allow_bypass`]): no code was asked for or consumed.
     Bypass,
     /// Refused.
     Reject(Reason),
@@ -40,6 +40,8 @@ pub enum Reason {
     WrongCode,
     /// The code matched one that has expired.
     Expired,
+    /// The user is in bypass status and this front end does not let bypass users through.
+    BypassDenied,
 }
 
 impl Reason {
@@ -52,6 +54,7 @@ impl Reason {
             Reason::NotEnrolled => "not_enrolled",
             Reason::WrongCode => "wrong_code",
             Reason::Expired => "expired",
+            Reason::BypassDenied => "bypass_denied",
         }
     }
 }
@@ -138,7 +141,14 @@ pub(crate) fn verify_in(
         return Ok(v);
     };
 
-    let verdict = decide(tx, env, &mut user, digest, parsed.is_some())?;
+    let verdict = decide(
+        tx,
+        env,
+        &mut user,
+        digest,
+        parsed.is_some(),
+        ctx.allow_bypass,
+    )?;
     let outcome = match verdict.decision {
         Decision::Accept => outcome::ACCEPT,
         Decision::Bypass => outcome::BYPASS,
@@ -250,6 +260,7 @@ fn decide(
     user: &mut User,
     digest: [u8; 32],
     well_formed: bool,
+    allow_bypass: bool,
 ) -> Result<Verdict> {
     if user.status == Status::Disabled {
         return Ok(reject(Some(user), Reason::Disabled));
@@ -263,6 +274,9 @@ fn decide(
         tx.update_user_state(user)?;
     }
     if user.status == Status::Bypass {
+        if !allow_bypass {
+            return Ok(reject(Some(user), Reason::BypassDenied));
+        }
         return Ok(Verdict {
             decision: Decision::Bypass,
             ..reject(Some(user), Reason::WrongCode)

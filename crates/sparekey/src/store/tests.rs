@@ -472,9 +472,25 @@ fn statuses() {
     set(&mut f, Status::Disabled);
     assert_eq!(f.verify("alice", &code), Decision::Reject(Reason::Disabled));
     set(&mut f, Status::Bypass);
-    let v = f.store.verify("alice", "not a code", &f.ctx).unwrap();
+    assert_eq!(
+        f.verify("alice", &code),
+        Decision::Reject(Reason::BypassDenied),
+        "a front end that does not allow bypass denies, code or not"
+    );
+    let allowing = Context::new("pam:sshd").with_bypass(true);
+    let v = f.store.verify("alice", "not a code", &allowing).unwrap();
     assert_eq!(v.decision, Decision::Bypass);
     assert_eq!(v.code_id, None);
+    let outcomes: Vec<String> = f
+        .store
+        .audit(&AuditFilter::default())
+        .unwrap()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|e| e.outcome.clone())
+        .collect();
+    assert_eq!(outcomes, ["bypass", "reject"]);
     set(&mut f, Status::Active);
     assert_eq!(f.verify("alice", &code), Decision::Accept);
     assert_eq!(
