@@ -66,6 +66,9 @@ enum Command {
         /// Print one JSON object instead of a line of text
         #[arg(long)]
         json: bool,
+        /// Accept replies without a Message-Authenticator (FreeRADIUS before 3.2.5)
+        #[arg(long)]
+        lenient_replies: bool,
     },
     /// Make N benchmark users: a sparekey store, users.csv, and FreeRADIUS's users file
     Setup {
@@ -108,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             sockets,
             seed,
             json,
+            lenient_replies,
         } => {
             let cfg = LoadConfig {
                 server,
@@ -121,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 retries,
                 sockets,
                 seed,
+                require_reply_message_authenticator: !lenient_replies,
             };
             let r = radius_load::run(&cfg)?;
             if json {

@@ -49,6 +49,9 @@ pub struct LoadConfig {
     pub sockets: usize,
     /// Seed for the choice of users, codes and authenticators.
     pub seed: u64,
+    /// Count a reply without a Message-Authenticator first as bad (true for sparekey;
+    /// false for servers from before the BlastRADIUS fixes).
+    pub require_reply_message_authenticator: bool,
 }
 
 /// What a run saw.
@@ -303,7 +306,7 @@ fn worker(
                 in_flight -= 1;
                 r.answered += 1;
                 r.latencies_us.push(f.started.elapsed().as_micros() as u64);
-                match client::check_reply(&buf[..n], &f.request, &cfg.secret) {
+                match client::check_reply_with(&buf[..n], &f.request, &cfg.secret, cfg.require_reply_message_authenticator) {
                     Ok(got) => {
                         if got == Reply::Accept {
                             r.accepts += 1;

@@ -64,6 +64,7 @@ fn load(
         retries: 10,
         sockets: 2,
         seed: 7,
+        require_reply_message_authenticator: true,
     })
     .unwrap()
 }

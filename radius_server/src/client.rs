@@ -123,7 +123,24 @@ pub enum Reply {
 /// Checks a reply to `request`: identifier, length, response authenticator, and a valid
 /// Message-Authenticator as the first attribute.
 pub fn check_reply(reply: &[u8], request: &[u8], secret: &[u8]) -> Result<Reply, String> {
-    if reply.len() < 38 || request.len() < 20 {
+    check_reply_with(reply, request, secret, true)
+}
+
+/// [`check_reply`], but with `require_message_authenticator` false a reply without a
+/// Message-Authenticator is accepted on its response authenticator alone, as servers
+/// from before the BlastRADIUS fixes send them (FreeRADIUS before 3.2.5).
+pub fn check_reply_with(
+    reply: &[u8],
+    request: &[u8],
+    secret: &[u8],
+    require_message_authenticator: bool,
+) -> Result<Reply, String> {
+    let min = if require_message_authenticator {
+        38
+    } else {
+        20
+    };
+    if reply.len() < min || request.len() < 20 {
         return Err(format!("reply of {} bytes is too short", reply.len()));
     }
     if reply[1] != request[1] {
@@ -141,14 +158,18 @@ pub fn check_reply(reply: &[u8], request: &[u8], secret: &[u8]) -> Result<Reply,
     if !bool::from(expected.as_slice().ct_eq(&reply[4..20])) {
         return Err("bad response authenticator".into());
     }
-    if reply[20] != attr::MESSAGE_AUTHENTICATOR || reply[21] != 18 {
+    let first_is_ma =
+        reply.len() >= 38 && reply[20] == attr::MESSAGE_AUTHENTICATOR && reply[21] == 18;
+    if require_message_authenticator && !first_is_ma {
         return Err("Message-Authenticator is not the first attribute".into());
     }
-    let mut copy = reply.to_vec();
-    copy[4..20].copy_from_slice(&request[4..20]);
-    copy[22..38].fill(0);
-    if !bool::from(hmac_md5(secret, &copy).ct_eq(&reply[22..38])) {
-        return Err("bad Message-Authenticator".into());
+    if first_is_ma {
+        let mut copy = reply.to_vec();
+        copy[4..20].copy_from_slice(&request[4..20]);
+        copy[22..38].fill(0);
+        if !bool::from(hmac_md5(secret, &copy).ct_eq(&reply[22..38])) {
+            return Err("bad Message-Authenticator".into());
+        }
     }
     match reply[0] {
         code::ACCESS_ACCEPT => Ok(Reply::Accept),
