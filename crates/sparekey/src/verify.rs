@@ -92,6 +92,9 @@ impl Verdict {
     }
 }
 
+/// How far the recorded time of a user's last login may lag behind the truth.
+const LAST_LOGIN_RESOLUTION_SECS: i64 = 60;
+
 /// Stands in for the user id when there is no user, so that an unknown login costs one
 /// digest like a known one.
 const NO_USER: &str = "U0000000000000000000";
@@ -316,9 +319,17 @@ fn decide(
                     Some(n - 1)
                 }
             };
-            user.failed_attempts = 0;
-            user.last_login = Some(env.now);
-            tx.update_user_state(user)?;
+            // The user's row is rewritten only when something changes beyond the last
+            // login's time, which is kept to the minute: under load, a user logging in
+            // again and again costs no page write for it.
+            let stale = user
+                .last_login
+                .is_none_or(|t| env.now - t >= LAST_LOGIN_RESOLUTION_SECS);
+            if user.failed_attempts != 0 || stale {
+                user.failed_attempts = 0;
+                user.last_login = Some(env.now);
+                tx.update_user_state(user)?;
+            }
             Verdict {
                 decision: Decision::Accept,
                 code_id: Some(code.id.clone()),

@@ -1046,3 +1046,30 @@ fn purge_folds_the_log_into_the_database_file() {
     .unwrap();
     assert!(Store::open(&copied).unwrap().find_user("walt").is_ok());
 }
+
+#[test]
+fn last_login_is_kept_to_the_minute() {
+    let mut f = fixture();
+    f.enrolled("lee");
+    let code = f.one("lee", 0, 0);
+    assert_eq!(f.verify("lee", &code), Decision::Accept);
+    assert_eq!(f.store.find_user("lee").unwrap().last_login, Some(T0));
+    f.clock.advance(59);
+    assert_eq!(f.verify("lee", &code), Decision::Accept);
+    assert_eq!(
+        f.store.find_user("lee").unwrap().last_login,
+        Some(T0),
+        "not rewritten within the minute"
+    );
+    f.verify("lee", "000000");
+    assert_eq!(f.verify("lee", &code), Decision::Accept);
+    let u = f.store.find_user("lee").unwrap();
+    assert_eq!(
+        (u.last_login, u.failed_attempts),
+        (Some(T0 + 59), 0),
+        "a failure to clear forces the write"
+    );
+    f.clock.advance(60);
+    assert_eq!(f.verify("lee", &code), Decision::Accept);
+    assert_eq!(f.store.find_user("lee").unwrap().last_login, Some(T0 + 119));
+}
