@@ -557,12 +557,15 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn devices(&mut self, user: &UserId) -> Result<Vec<Device>> {
+        // Sorted here for the reason given in `codes`.
         let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1 ORDER BY created_at, id"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1"
         ))?;
-        Ok(st
+        let mut devices: Vec<Device> = st
             .query_map([user.as_str()], device_row)?
-            .collect::<rusqlite::Result<_>>()?)
+            .collect::<rusqlite::Result<_>>()?;
+        devices.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(devices)
     }
 
     fn device_count(&mut self, user: &UserId) -> Result<u64> {
@@ -596,12 +599,16 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>> {
+        // Sorted here, not in SQL: with an ORDER BY, this build of SQLite (STAT4) prepares
+        // the statement again on every call, which was a quarter of a verification's time.
         let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {CODE_COLUMNS} FROM codes WHERE user_id = ?1 ORDER BY created_at, id"
+            "SELECT {CODE_COLUMNS} FROM codes WHERE user_id = ?1"
         ))?;
-        Ok(st
+        let mut codes: Vec<CodeRecord> = st
             .query_map([user.as_str()], code_row)?
-            .collect::<rusqlite::Result<_>>()?)
+            .collect::<rusqlite::Result<_>>()?;
+        codes.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(codes)
     }
 
     fn all_codes(&mut self) -> Result<Vec<CodeRecord>> {
