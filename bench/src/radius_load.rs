@@ -306,7 +306,12 @@ fn worker(
                 in_flight -= 1;
                 r.answered += 1;
                 r.latencies_us.push(f.started.elapsed().as_micros() as u64);
-                match client::check_reply_with(&buf[..n], &f.request, &cfg.secret, cfg.require_reply_message_authenticator) {
+                match client::check_reply_with(
+                    &buf[..n],
+                    &f.request,
+                    &cfg.secret,
+                    cfg.require_reply_message_authenticator,
+                ) {
                     Ok(got) => {
                         if got == Reply::Accept {
                             r.accepts += 1;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use sparekey::audit::display_login;
@@ -18,7 +18,7 @@ use sparekey::{Context, Decision, Source, Verdict};
 
 use crate::config::{BypassStatus, ClientConfig, RadiusConfig};
 use crate::protocol::{self, Answer, Drop, Kind, Request};
-use crate::writer::{self, Job, Queue, Refused, Verify};
+use crate::writer::{self, Done, Job, Queue, Refused, Verify};
 
 /// How long a reply is kept to answer retransmissions (RFC 5080 section 2.2.2).
 pub const REPLY_CACHE_SECS: u64 = 30;
@@ -186,12 +186,13 @@ struct Shared {
 }
 
 impl Shared {
-    /// The most specific client whose network holds `ip`.
-    fn client(&self, ip: IpAddr) -> Option<&Client> {
+    /// The most specific client whose network holds `ip`, with its index.
+    fn client(&self, ip: IpAddr) -> Option<(usize, &Client)> {
         self.clients
             .iter()
-            .filter(|c| c.config.network.contains(ip))
-            .max_by_key(|c| c.config.network.prefix())
+            .enumerate()
+            .filter(|(_, c)| c.config.network.contains(ip))
+            .max_by_key(|(_, c)| c.config.network.prefix())
     }
 
     fn log_unknown(&self, from: SocketAddr) {
@@ -251,15 +252,19 @@ pub struct Stopped {
     pub counters: Arc<Counters>,
 }
 
-/// A running server's handle on its counters.
-#[derive(Debug, Clone)]
-pub struct Handle {
-    /// Live counters.
-    pub counters: Arc<Counters>,
+/// A request waiting for the writer: what it takes to answer it once its batch commits.
+#[derive(Debug)]
+struct Pending {
+    req: Request,
+    key: Key,
+    from: SocketAddr,
+    client: usize,
+    sock: Arc<UdpSocket>,
 }
 
-/// Serves RADIUS on `sockets`, deciding with `store` (a [`sparekey::Store`]), until `shutdown` completes; then stops
-/// receiving, finishes and commits what is in flight, sends those replies, and returns.
+/// Serves RADIUS on `sockets`, deciding with `store` (a [`sparekey::Store`]), until
+/// `shutdown` completes; then stops receiving, finishes and commits what is in flight,
+/// sends those replies, and returns.
 pub async fn run(
     sockets: Vec<UdpSocket>,
     store: Box<dyn Verify>,
@@ -268,7 +273,6 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Stopped> {
-    let (queue, writer) = writer::spawn(store, config.max_in_flight, config.max_batch)?;
     let now = Instant::now();
     let shared = Arc::new(Shared {
         clients: config
@@ -289,6 +293,36 @@ pub async fn run(
         auth_log,
         last_unknown_log: Mutex::new(None),
     });
+    // The writer hands each committed batch to one task that encodes and sends the
+    // replies, so that the thread holding the store does nothing but verify.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done<Pending>>();
+    let (queue, writer) = writer::spawn(
+        store,
+        config.max_in_flight,
+        config.max_batch,
+        move |batch| {
+            // The receiver lives until the writer has ended; a send cannot fail before.
+            let _ = done_tx.send(batch);
+        },
+    )?;
+    let replier = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = done_rx.recv().await {
+                for (p, verdict) in batch {
+                    let client = &shared.clients[p.client];
+                    let answer = decide(&shared, &client.config.name, &p.req, verdict);
+                    let bytes = Arc::new(protocol::reply(
+                        &p.req,
+                        answer,
+                        client.config.secret.expose(),
+                    ));
+                    shared.finish(p.key, bytes.clone());
+                    send(&p.sock, &bytes, p.from).await;
+                }
+            }
+        })
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut loops = JoinSet::new();
     for s in sockets {
@@ -304,8 +338,10 @@ pub async fn run(
     log::info!("stopping: no new requests; finishing those in flight");
     let _ = stop_tx.send(true);
     while loops.join_next().await.is_some() {}
-    // Every queue handle is gone with the loops: the writer ends once the queue is empty.
+    // Every queue handle is gone with the loops: the writer ends once the queue is empty,
+    // and the replier once the writer's last batch is answered.
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let _ = replier.await;
     log::info!("stopped: {}", counters.summary());
     Ok(Stopped { counters })
 }
@@ -313,11 +349,10 @@ pub async fn run(
 async fn receive(
     sock: Arc<UdpSocket>,
     shared: Arc<Shared>,
-    queue: Queue,
+    queue: Queue<Pending>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; protocol::MAX_PACKET + 1];
-    let mut pending = JoinSet::new();
     loop {
         let (n, from) = tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
@@ -329,30 +364,24 @@ async fn receive(
             },
             _ = stop.changed() => break,
         };
-        // Reap finished replies so the set does not grow.
-        while pending.try_join_next().is_some() {}
-        if let Some(work) = handle(&shared, &sock, &queue, &buf[..n], from).await {
-            pending.spawn(work);
-        }
+        handle(&shared, &sock, &queue, &buf[..n], from).await;
     }
-    drop(queue);
-    while pending.join_next().await.is_some() {}
 }
 
-/// Handles one datagram. Answers at once what needs no store; for a verification,
-/// returns the future that waits for the writer and sends the reply.
+/// Handles one datagram: answers at once what needs no store, and queues a verification
+/// for the writer.
 async fn handle(
     shared: &Arc<Shared>,
     sock: &Arc<UdpSocket>,
-    queue: &Queue,
+    queue: &Queue<Pending>,
     datagram: &[u8],
     from: SocketAddr,
-) -> Option<impl Future<Output = ()> + Send + 'static> {
+) {
     let c = &shared.counters;
-    let Some(client) = shared.client(from.ip()) else {
+    let Some((index, client)) = shared.client(from.ip()) else {
         Counters::bump(&c.unknown_client);
         shared.log_unknown(from);
-        return None;
+        return;
     };
     if !client
         .bucket
@@ -361,7 +390,7 @@ async fn handle(
         .take(Instant::now())
     {
         Counters::bump(&c.rate_limited);
-        return None;
+        return;
     }
     let secret = client.config.secret.expose();
     let req = match protocol::parse(
@@ -377,7 +406,7 @@ async fn handle(
                 client.config.name,
                 d.as_str()
             );
-            return None;
+            return;
         }
     };
     let mut authenticator = [0u8; 16];
@@ -405,11 +434,11 @@ async fn handle(
         Some(Some(bytes)) => {
             Counters::bump(&c.duplicates_answered);
             send(sock, &bytes, from).await;
-            return None;
+            return;
         }
         Some(None) => {
             Counters::bump(&c.duplicates_in_progress);
-            return None;
+            return;
         }
         None => {}
     }
@@ -419,11 +448,11 @@ async fn handle(
             let bytes = Arc::new(protocol::reply(&req, Answer::Accept, secret));
             shared.finish(key, bytes.clone());
             send(sock, &bytes, from).await;
-            return None;
+            return;
         }
         Kind::Access(ref l) => l,
     };
-    let name = client.config.name.clone();
+    let name = &client.config.name;
     let Some(password) = login.password.clone() else {
         // CHAP, EAP and the rest need the code in the clear; a digest cannot answer them.
         log::info!(
@@ -434,7 +463,7 @@ async fn handle(
         let bytes = Arc::new(protocol::reply(&req, Answer::Reject, secret));
         shared.finish(key, bytes.clone());
         send(sock, &bytes, from).await;
-        return None;
+        return;
     };
     let ctx = Context::new(format!("radius:{name}"))
         .with_bypass(shared.bypass == BypassStatus::Allow)
@@ -444,36 +473,26 @@ async fn handle(
             nas: login.nas.clone(),
             tty: None,
         });
-    let (answer_tx, answer_rx) = oneshot::channel();
-    let job = Job {
-        login: login.user_name.clone(),
+    let login = login.user_name.clone();
+    let pending = Pending {
+        req,
+        key: key.clone(),
+        from,
+        client: index,
+        sock: sock.clone(),
+    };
+    if let Err(why) = queue.offer(Job {
+        login,
         passcode: password,
         ctx,
-        answer: answer_tx,
-    };
-    match queue.offer(job) {
-        Ok(()) => {}
-        Err(why) => {
-            // Forget the request so that the NAS's retransmission gets a fresh try.
-            shared.cache_lock().map.remove(&key);
-            if why == Refused::Full {
-                Counters::bump(&c.overload);
-            }
-            return None;
+        token: pending,
+    }) {
+        // Forget the request so that the NAS's retransmission gets a fresh try.
+        shared.cache_lock().map.remove(&key);
+        if why == Refused::Full {
+            Counters::bump(&c.overload);
         }
     }
-    let shared = shared.clone();
-    let sock = sock.clone();
-    let secret = client.config.secret.clone();
-    Some(async move {
-        let verdict = answer_rx
-            .await
-            .unwrap_or_else(|_| Err("the store writer stopped".into()));
-        let answer = decide(&shared, &name, &req, verdict);
-        let bytes = Arc::new(protocol::reply(&req, answer, secret.expose()));
-        shared.finish(key, bytes.clone());
-        send(&sock, &bytes, from).await;
-    })
 }
 
 /// Turns the verifier's answer into Accept or Reject, and logs it.

@@ -4,7 +4,6 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use sparekey::{Attempt, Context, Store, Verdict};
@@ -28,23 +27,32 @@ impl Verify for Store {
     }
 }
 
-/// One attempt to verify, with where to send the answer.
+/// One attempt to verify, with whatever the caller needs to act on the answer.
 #[derive(Debug)]
-pub struct Job {
+pub struct Job<T> {
     /// The login as sent.
     pub login: String,
     /// The code as typed.
     pub passcode: Zeroizing<String>,
     /// Actor and source for the audit.
     pub ctx: Context,
-    /// Where the answer goes.
-    pub answer: oneshot::Sender<Result<Verdict, String>>,
+    /// Handed back with the answer.
+    pub token: T,
 }
+
+/// A committed batch: each job's token with its answer (`Err`: deny, the store failed).
+pub type Done<T> = Vec<(T, Result<Verdict, String>)>;
 
 /// The sending side of the queue; dropping every clone stops the writer once the queue
 /// is empty.
-#[derive(Clone, Debug)]
-pub struct Queue(SyncSender<Job>);
+#[derive(Debug)]
+pub struct Queue<T>(SyncSender<Job<T>>);
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue(self.0.clone())
+    }
+}
 
 /// Why a job was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -55,9 +63,9 @@ pub enum Refused {
     Stopped,
 }
 
-impl Queue {
+impl<T> Queue<T> {
     /// Queues a job without waiting.
-    pub fn offer(&self, job: Job) -> Result<(), Refused> {
+    pub fn offer(&self, job: Job<T>) -> Result<(), Refused> {
         self.0.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => Refused::Full,
             TrySendError::Disconnected(_) => Refused::Stopped,
@@ -66,21 +74,27 @@ impl Queue {
 }
 
 /// Starts the writer thread with a queue of `capacity` jobs and batches of at most
-/// `max_batch`.
-pub fn spawn(
+/// `max_batch`. `done` receives each batch's answers once the batch has committed.
+pub fn spawn<T: Send + 'static>(
     store: Box<dyn Verify>,
     capacity: usize,
     max_batch: usize,
-) -> std::io::Result<(Queue, JoinHandle<()>)> {
+    done: impl FnMut(Done<T>) + Send + 'static,
+) -> std::io::Result<(Queue<T>, JoinHandle<()>)> {
     let (tx, rx) = sync_channel(capacity);
     let handle = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(store, rx, max_batch))?;
+        .spawn(move || run(store, rx, max_batch, done))?;
     Ok((Queue(tx), handle))
 }
 
-fn run(mut store: Box<dyn Verify>, rx: Receiver<Job>, max_batch: usize) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+fn run<T>(
+    mut store: Box<dyn Verify>,
+    rx: Receiver<Job<T>>,
+    max_batch: usize,
+    mut done: impl FnMut(Done<T>),
+) {
+    let mut jobs: Vec<Job<T>> = Vec::with_capacity(max_batch);
     // Block for the first job, then take whatever else is already waiting.
     while let Ok(first) = rx.recv() {
         jobs.push(first);
@@ -98,19 +112,16 @@ fn run(mut store: Box<dyn Verify>, rx: Receiver<Job>, max_batch: usize) {
                 ctx: &j.ctx,
             })
             .collect();
-        match store.verify_many(&attempts) {
-            Ok(results) => {
-                for (job, r) in jobs.drain(..).zip(results) {
-                    // A closed receiver means the request was abandoned; the answer is not needed.
-                    let _ = job.answer.send(r.map_err(|e| e.to_string()));
-                }
-            }
+        let answers: Vec<Result<Verdict, String>> = match store.verify_many(&attempts) {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect(),
             Err(e) => {
                 let why = e.to_string();
-                for job in jobs.drain(..) {
-                    let _ = job.answer.send(Err(why.clone()));
-                }
+                jobs.iter().map(|_| Err(why.clone())).collect()
             }
-        }
+        };
+        done(jobs.drain(..).map(|j| j.token).zip(answers).collect());
     }
 }
