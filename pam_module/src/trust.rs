@@ -34,7 +34,16 @@ pub fn load_config(path: &Path) -> Result<Config, String> {
 /// Opens the store a trusted config names, after checking the key file and the database.
 pub fn open_store(config: &Config) -> Result<Store, String> {
     check_path(&config.store.key_file, "key file")?;
-    check_path(&config.store.path, "store")?;
+    match &config.postgres {
+        // The database is on a server that guards itself; the password to it is a local
+        // file, trusted like the key file (the library refuses one others may read).
+        Some(pg) => {
+            if let Some(p) = &pg.password_file {
+                check_path(p, "password file")?;
+            }
+        }
+        None => check_path(&config.store.path, "store")?,
+    }
     Store::open(config).map_err(|e| e.to_string())
 }
 

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sparekey::store::{CodeRequest, NewUser, SqliteBackend, UserFilter, UserUpdate};
+use sparekey::config::Location;
 use sparekey::{
     AuditFilter, Config, Context, Decision, DeviceKind, DigestKey, Error, Passcode, Status, Store,
 };
@@ -86,11 +87,29 @@ enum Command {
     },
     /// Drop expired codes and users past the trash retention
     Purge,
+    /// Create the store the config names, or copy a whole store to another backend
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Check the config, the key file and the store
     CheckConfig {
         /// Also run the store's full integrity check (slow on large stores)
         #[arg(long)]
         integrity: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCmd {
+    /// Create a new key file and an empty store where the config says (for PostgreSQL:
+    /// the tables, in an existing database); refuses to overwrite either
+    Create,
+    /// Copy users, devices, code digests and the audit log from this store (--config)
+    /// into the new or empty store OTHER_CONFIG names (SQLite or PostgreSQL), which must
+    /// use the same key file contents and username normalisation
+    Copy {
+        /// The target's config file
+        #[arg(long, value_name = "OTHER_CONFIG")]
+        to: PathBuf,
     },
 }
 
@@ -359,8 +378,31 @@ fn run(cli: Cli, out: &Out) -> Outcome {
             out.purge(&report);
             Ok(())
         }
+        Command::Store(cmd) => store_cmd(config, cmd, &ctx, out),
         Command::CheckConfig { integrity } => check_config(config, integrity, out),
     }
+}
+
+fn store_cmd(cli_config: Option<&Path>, cmd: StoreCmd, ctx: &Context, out: &Out) -> Outcome {
+    let config = load_config(cli_config)?;
+    match cmd {
+        StoreCmd::Create => {
+            Store::create(&config)?;
+            out.done(&format!(
+                "created {} and the store {}",
+                config.store.key_file.display(),
+                config.location()
+            ));
+        }
+        StoreCmd::Copy { to } => {
+            let target_config = Config::load(&to)?;
+            let mut source = Store::open(&config)?;
+            let mut target = Store::open_copy_target(&target_config)?;
+            let report = source.copy_to(&mut target, ctx)?;
+            out.copied(&report, &target_config);
+        }
+    }
+    Ok(())
 }
 
 fn init(dir: &Path, out: &Out) -> Outcome {
@@ -684,16 +726,22 @@ fn check_config(path: Option<&Path>, integrity: bool, out: &Out) -> Outcome {
         }
     }
     let key = DigestKey::load(&config.store.key_file)?;
-    let mut backend = SqliteBackend::open(&config.store)?;
-    if integrity {
-        backend.integrity_check()?;
+    match config.location() {
+        Location::Sqlite(_) => {
+            let mut backend = SqliteBackend::open(&config.store)?;
+            if integrity {
+                backend.integrity_check()?;
+            }
+            Store::with_backend(
+                Box::new(backend),
+                key,
+                config.policy.clone(),
+                std::sync::Arc::new(sparekey::SystemClock),
+            )?;
+        }
+        // PostgreSQL checks its own pages; opening proves the URL, password and schema.
+        Location::Postgres(_) => drop(Store::open(&config)?),
     }
-    Store::with_backend(
-        Box::new(backend),
-        key,
-        config.policy.clone(),
-        std::sync::Arc::new(sparekey::SystemClock),
-    )?;
     for w in &warnings {
         eprintln!("sparekey: warning: {w}");
     }

@@ -386,14 +386,35 @@ impl Out {
             print_json(&json!({
                 "ok": true,
                 "config": c.file,
-                "store": c.store.path,
+                "store": c.location().to_string(),
                 "key_file": c.store.key_file,
                 "warnings": warnings,
             }));
         } else {
             println!("config {}: ok", c.file.display());
             println!("key file {}: ok", c.store.key_file.display());
-            println!("store {}: ok", c.store.path.display());
+            println!("store {}: ok", c.location());
+        }
+    }
+
+    pub fn copied(&self, r: &sparekey::store::CopyReport, target: &Config) {
+        if self.json {
+            print_json(&json!({
+                "users": r.users,
+                "devices": r.devices,
+                "codes": r.codes,
+                "audit_events": r.audit_events,
+                "to": target.location().to_string(),
+            }));
+        } else {
+            println!(
+                "copied {} users, {} devices, {} codes and {} audit events to {}",
+                r.users,
+                r.devices,
+                r.codes,
+                r.audit_events,
+                target.location()
+            );
         }
     }
 }

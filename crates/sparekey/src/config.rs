@@ -14,42 +14,113 @@ pub const DEFAULT_PATH: &str = "/etc/sparekey/sparekey.toml";
 pub const ENV_VAR: &str = "SPAREKEY_CONFIG";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the store and the key are.
+    /// Where the store and the key are. With `[store] url`, `store.path` is empty and
+    /// [`Config::postgres`] says where the store is; see [`Config::location`].
     pub store: StoreConfig,
+    /// `[store] url` and `password_file`: a PostgreSQL store instead of a SQLite file.
+    pub postgres: Option<PostgresConfig>,
     /// Lockout, trash and login matching.
-    #[serde(default)]
     pub policy: Policy,
     /// The RADIUS server's section, validated by that front end.
-    #[serde(default)]
     pub radius: Option<toml::Table>,
     /// The PAM module's defaults, validated by that front end.
-    #[serde(default)]
     pub pam: Option<toml::Table>,
     /// The admin API's section, validated by that front end.
-    #[serde(default)]
     pub admin_api: Option<toml::Table>,
     /// The file this was read from.
-    #[serde(skip)]
     pub file: PathBuf,
 }
 
-/// `[store]`.
-#[derive(Debug, Clone, Deserialize)]
+/// The file as written: `[store]` is split into [`StoreConfig`] and [`PostgresConfig`].
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ConfigFile {
+    store: StoreSection,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    radius: Option<toml::Table>,
+    #[serde(default)]
+    pam: Option<toml::Table>,
+    #[serde(default)]
+    admin_api: Option<toml::Table>,
+}
+
+/// `[store]` as written: exactly one of `path` and `url`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    key_file: PathBuf,
+    #[serde(default = "default_busy_timeout_ms")]
+    busy_timeout_ms: u32,
+    #[serde(default)]
+    synchronous: Synchronous,
+}
+
+/// `[store]`: the key, the wait bounds, and the SQLite file.
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// The SQLite database.
+    /// The SQLite database; empty when the store is PostgreSQL ([`Config::postgres`]).
     pub path: PathBuf,
     /// The 32-byte digest key (mode 0600).
     pub key_file: PathBuf,
-    /// How long a writer waits for another before giving up, in milliseconds.
-    #[serde(default = "default_busy_timeout_ms")]
+    /// How long a writer waits for another before giving up, in milliseconds. On
+    /// PostgreSQL it also bounds connecting, each statement and each lock wait.
     pub busy_timeout_ms: u32,
-    /// `full` (default: a consumed code stays consumed across power loss) or `normal`.
-    #[serde(default)]
+    /// SQLite only: `full` (default: a consumed code stays consumed across power loss) or
+    /// `normal`.
     pub synchronous: Synchronous,
+}
+
+/// `[store] url` and `password_file`: where a PostgreSQL store is and how to log in.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db?sslmode=...`; may hold a password (never printed).
+    pub url: String,
+    /// A file (mode 0600) whose first line is the password, instead of one in the URL.
+    pub password_file: Option<PathBuf>,
+}
+
+impl PostgresConfig {
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn redacted_url(&self) -> String {
+        crate::store::postgres::redact_url(&self.url)
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.redacted_url())
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
+/// Which backend a config names, for the code that must tell them apart.
+#[derive(Debug, Clone, Copy)]
+pub enum Location<'a> {
+    /// A SQLite database file.
+    Sqlite(&'a Path),
+    /// A PostgreSQL database.
+    Postgres(&'a PostgresConfig),
+}
+
+impl std::fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(pg) => f.write_str(&pg.redacted_url()),
+        }
+    }
 }
 
 /// SQLite's `synchronous` setting.
@@ -125,14 +196,68 @@ impl Config {
 
     /// Parses config text as if read from `file` (relative paths are taken from its directory).
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
-        let mut c: Config =
+        let raw: ConfigFile =
             toml::from_str(text).map_err(|e| config_error(file, toml_message(&e)))?;
-        c.file = file.to_owned();
         let base = file.parent().unwrap_or(Path::new("."));
-        c.store.path = resolve(base, &c.store.path, file, "store.path")?;
-        c.store.key_file = resolve(base, &c.store.key_file, file, "store.key_file")?;
+        let s = raw.store;
+        let (path, postgres) = match (s.path, s.url) {
+            (Some(path), None) => {
+                if s.password_file.is_some() {
+                    return Err(config_error(
+                        file,
+                        "store.password_file: only for a PostgreSQL store (store.url)".into(),
+                    ));
+                }
+                (resolve(base, &path, file, "store.path")?, None)
+            }
+            (None, Some(url)) => {
+                crate::store::postgres::check_url(&url)
+                    .map_err(|m| config_error(file, format!("store.url: {m}")))?;
+                let password_file = match s.password_file {
+                    Some(p) => Some(resolve(base, &p, file, "store.password_file")?),
+                    None => None,
+                };
+                (PathBuf::new(), Some(PostgresConfig { url, password_file }))
+            }
+            (Some(_), Some(_)) => {
+                return Err(config_error(
+                    file,
+                    "store.path and store.url: give one, not both (path: SQLite, url: PostgreSQL)"
+                        .into(),
+                ));
+            }
+            (None, None) => {
+                return Err(config_error(
+                    file,
+                    "store.path or store.url: one is required (path: SQLite, url: PostgreSQL)"
+                        .into(),
+                ));
+            }
+        };
+        let c = Config {
+            store: StoreConfig {
+                path,
+                key_file: resolve(base, &s.key_file, file, "store.key_file")?,
+                busy_timeout_ms: s.busy_timeout_ms,
+                synchronous: s.synchronous,
+            },
+            postgres,
+            policy: raw.policy,
+            radius: raw.radius,
+            pam: raw.pam,
+            admin_api: raw.admin_api,
+            file: file.to_owned(),
+        };
         c.check()?;
         Ok(c)
+    }
+
+    /// Where the store is: a SQLite file or a PostgreSQL database.
+    pub fn location(&self) -> Location<'_> {
+        match &self.postgres {
+            Some(pg) => Location::Postgres(pg),
+            None => Location::Sqlite(&self.store.path),
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -270,6 +395,36 @@ mod tests {
         );
         assert!(parse("[store]\npath = \"\"\nkey_file = \"k\"\n").is_err());
         assert!(parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[policy]\nusername_normalization = \"loose\"\n").is_err());
+    }
+
+    #[test]
+    fn a_store_is_a_path_or_a_url_never_both() {
+        let c = parse(
+            "[store]\nurl = \"postgres://sk@db.example/sparekey?sslmode=verify-full\"\n\
+             password_file = \"db.pw\"\nkey_file = \"k\"\n",
+        )
+        .unwrap();
+        let pg = c.postgres.as_ref().unwrap();
+        assert_eq!(pg.password_file.as_deref(), Some(Path::new("/etc/sk/db.pw")));
+        assert!(matches!(c.location(), Location::Postgres(_)));
+        let c = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n").unwrap();
+        assert!(matches!(c.location(), Location::Sqlite(p) if p == Path::new("/etc/sk/db")));
+        for (text, key) in [
+            ("path = \"db\"\nurl = \"postgres://sk@h/db\"\n", "store.path and store.url"),
+            ("", "store.path or store.url"),
+            ("path = \"db\"\npassword_file = \"pw\"\n", "store.password_file"),
+            ("url = \"mysql://h/db\"\n", "store.url"),
+            ("url = \"postgres://sk:hunter2@h/db?sslmode=prefer\"\n", "store.url"),
+        ] {
+            let e = parse(&format!("[store]\n{text}key_file = \"k\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/etc/sk/sparekey.toml") && e.contains(key), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        let c = parse("[store]\nurl = \"postgres://sk:hunter2@h/db\"\nkey_file = \"k\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.location().to_string().contains("hunter2"));
     }
 
     #[test]

@@ -4,15 +4,19 @@
 //! Every public operation runs in one write transaction and appends its audit event in
 //! that same transaction: an action is either done and audited, or neither.
 
+mod copy;
+pub(crate) mod postgres;
 mod sqlite;
 
+pub use copy::CopyReport;
+pub use postgres::PostgresBackend;
 pub use sqlite::SqliteBackend;
 
 use std::sync::Arc;
 
 use crate::audit::{AuditEvent, AuditFilter, Context, outcome, sanitize};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, Policy};
+use crate::config::{Config, Location, Policy};
 use crate::digest::{DigestKey, SCHEME_V1};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -35,8 +39,9 @@ pub const MAX_REUSE_COUNT: u32 = 1_000_000;
 
 /// A storage backend: hands out transactions.
 pub trait Backend: Send + std::fmt::Debug {
-    /// Starts a write transaction that holds the store's write lock from its first
-    /// statement (SQLite `BEGIN IMMEDIATE`), so that check and consume cannot interleave.
+    /// Starts a write transaction in which check and consume cannot interleave with
+    /// another writer's: SQLite holds the store's write lock from the first statement
+    /// (`BEGIN IMMEDIATE`); PostgreSQL locks each user's row as [`Tx::user`] reads it.
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>>;
     /// Starts a read-only transaction: one consistent snapshot.
     fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>>;
@@ -71,8 +76,18 @@ pub trait Tx {
     fn rollback_savepoint(&mut self) -> Result<()>;
     /// The user a login key belongs to (trashed users included).
     fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
-    /// A user with their aliases.
+    /// A user with their aliases. In a write transaction, a backend that lets writers run
+    /// side by side (PostgreSQL) locks the user's row until commit. Every rule reads a user
+    /// through this before it reads or changes anything of theirs, so two transactions on
+    /// one user never interleave.
     fn user(&mut self, id: &UserId) -> Result<Option<User>>;
+    /// Locks, in one fixed order, the users these login keys belong to (unknown keys are
+    /// skipped), so that a batch that then reads them one by one cannot deadlock with
+    /// another. A no-op where writers are serialised anyway (SQLite).
+    fn lock_users(&mut self, keys: &[LoginKey]) -> Result<()> {
+        let _ = keys;
+        Ok(())
+    }
     /// Inserts a user; `keys` are the login keys of the username then each alias.
     fn insert_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
     /// Rewrites a user's fields and login keys.
@@ -87,6 +102,14 @@ pub trait Tx {
     fn trashed_before(&mut self, t: i64) -> Result<Vec<UserId>>;
     /// A user's devices.
     fn devices(&mut self, user: &UserId) -> Result<Vec<Device>>;
+    /// Every user's devices, for copying a whole store.
+    fn all_devices(&mut self) -> Result<Vec<Device>> {
+        let mut all = Vec::new();
+        for u in self.list_users(&UserFilter::default())? {
+            all.extend(self.devices(&u.id)?);
+        }
+        Ok(all)
+    }
     /// How many devices a user has.
     fn device_count(&mut self, user: &UserId) -> Result<u64>;
     /// Adds a device.
@@ -111,6 +134,14 @@ pub trait Tx {
     fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64>;
     /// Appends an audit event (its `id` is ignored).
     fn append_audit(&mut self, event: &AuditEvent) -> Result<()>;
+    /// Appends audit events copied from another store, in order. PostgreSQL keeps their
+    /// ids; SQLite numbers them anew (in the same order), as it does every event.
+    fn import_audit(&mut self, events: &[AuditEvent]) -> Result<()> {
+        for e in events {
+            self.append_audit(e)?;
+        }
+        Ok(())
+    }
     /// Audit events matching a filter, oldest first.
     fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
 }
@@ -262,30 +293,43 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store a config names: loads the key, opens (and migrates) the database.
+    /// Opens the store a config names: loads the key, opens (and migrates) the database,
+    /// a SQLite file (`[store] path`) or a PostgreSQL database (`[store] url`).
     pub fn open(config: &Config) -> Result<Self> {
         let key = DigestKey::load(&config.store.key_file)?;
-        let backend = SqliteBackend::open(&config.store)?;
-        Self::with_backend(
-            Box::new(backend),
-            key,
-            config.policy.clone(),
-            Arc::new(SystemClock),
-        )
+        let backend: Box<dyn Backend> = match config.location() {
+            Location::Sqlite(_) => Box::new(SqliteBackend::open(&config.store)?),
+            Location::Postgres(pg) => Box::new(PostgresBackend::open(pg, &config.store)?),
+        };
+        Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))
     }
 
     /// Creates what a config names: a new key file (mode 0600) and a new database with the
-    /// current schema. Refuses to overwrite either.
+    /// current schema (a SQLite file, or the tables in an existing PostgreSQL database).
+    /// Refuses to overwrite either.
     pub fn create(config: &Config) -> Result<Self> {
         DigestKey::generate()?.write_new(&config.store.key_file)?;
-        let backend = SqliteBackend::create(&config.store)?;
+        let backend: Box<dyn Backend> = match config.location() {
+            Location::Sqlite(_) => Box::new(SqliteBackend::create(&config.store)?),
+            Location::Postgres(pg) => Box::new(PostgresBackend::create(pg, &config.store)?),
+        };
         let key = DigestKey::load(&config.store.key_file)?;
-        Self::with_backend(
-            Box::new(backend),
-            key,
-            config.policy.clone(),
-            Arc::new(SystemClock),
-        )
+        Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))
+    }
+
+    /// Opens the store a config names as the target of [`Store::copy_to`]: its key file
+    /// must exist; its database is created if there is none yet (a new SQLite file, or the
+    /// tables in an existing PostgreSQL database).
+    pub fn open_copy_target(config: &Config) -> Result<Self> {
+        let key = DigestKey::load(&config.store.key_file)?;
+        let backend: Box<dyn Backend> = match config.location() {
+            Location::Sqlite(path) if !path.exists() => {
+                Box::new(SqliteBackend::create(&config.store)?)
+            }
+            Location::Sqlite(_) => Box::new(SqliteBackend::open(&config.store)?),
+            Location::Postgres(pg) => Box::new(PostgresBackend::open_or_create(pg, &config.store)?),
+        };
+        Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))
     }
 
     /// A store over any backend, with an injected clock.
@@ -393,6 +437,11 @@ impl Store {
             now: self.clock.now(),
         };
         let mut tx = self.backend.begin()?;
+        let keys: Vec<LoginKey> = attempts
+            .iter()
+            .filter_map(|a| LoginKey::from_login(a.login, env.normalization()))
+            .collect();
+        tx.lock_users(&keys)?;
         let mut out = Vec::with_capacity(attempts.len());
         for a in attempts {
             tx.savepoint()?;

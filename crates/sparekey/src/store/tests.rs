@@ -5,6 +5,9 @@ use crate::audit::{AuditEvent, AuditFilter};
 use crate::clock::ManualClock;
 use crate::verify::{Decision, Reason};
 
+#[path = "../../../../tests/support/pg_cluster.rs"]
+mod pg_cluster;
+
 const T0: i64 = 1_800_000_000;
 
 struct Fixture {
@@ -13,9 +16,46 @@ struct Fixture {
     ctx: Context,
 }
 
-fn fixture_with(policy: Policy) -> Fixture {
+/// Which backend a test runs on: every rule is checked on both.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// An in-memory SQLite database.
+    Sqlite,
+    /// A new database on the shared throwaway PostgreSQL cluster.
+    Postgres,
+}
+
+/// A new, empty PostgreSQL database on the test binary's cluster, and its config.
+fn new_postgres_db() -> (crate::config::PostgresConfig, crate::config::StoreConfig) {
+    let cluster = pg_cluster::PgCluster::shared();
+    let db = cluster.create_db();
+    let pg = crate::config::PostgresConfig {
+        url: cluster.url(&db, ""),
+        password_file: Some(cluster.password_file()),
+    };
+    let store = crate::config::StoreConfig {
+        path: std::path::PathBuf::new(),
+        key_file: std::path::PathBuf::new(),
+        busy_timeout_ms: 5000,
+        synchronous: crate::config::Synchronous::Full,
+    };
+    (pg, store)
+}
+
+fn backend(kind: Kind) -> Box<dyn Backend> {
+    match kind {
+        Kind::Sqlite => Box::new(SqliteBackend::in_memory().unwrap()),
+        Kind::Postgres => {
+            let (pg, store) = new_postgres_db();
+            Box::new(PostgresBackend::create(&pg, &store).unwrap())
+        }
+    }
+}
+
+fn fixture_with(kind: Kind, policy: Policy) -> Fixture {
     let clock = ManualClock::at(T0);
-    let store = Store::in_memory(
+    let store = Store::with_backend(
+        backend(kind),
         DigestKey::from_bytes([7; 32]),
         policy,
         Arc::new(clock.clone()),
@@ -28,8 +68,8 @@ fn fixture_with(policy: Policy) -> Fixture {
     }
 }
 
-fn fixture() -> Fixture {
-    fixture_with(Policy::default())
+fn fixture(b: Kind) -> Fixture {
+    fixture_with(b, Policy::default())
 }
 
 impl Fixture {
@@ -83,9 +123,8 @@ fn custom(codes: &[&str]) -> Vec<Passcode> {
 
 const WRONG: Decision = Decision::Reject(Reason::WrongCode);
 
-#[test]
-fn a_code_works_exactly_as_many_times_as_issued() {
-    let mut f = fixture();
+fn a_code_works_exactly_as_many_times_as_issued(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let once = f.one("alice", 1, 0);
     assert_eq!(f.verify("alice", &once), Decision::Accept);
@@ -100,9 +139,8 @@ fn a_code_works_exactly_as_many_times_as_issued() {
     assert_eq!(f.verify("alice", &thrice), WRONG);
 }
 
-#[test]
-fn reuse_count_zero_is_unlimited() {
-    let mut f = fixture();
+fn reuse_count_zero_is_unlimited(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     for _ in 0..50 {
@@ -114,9 +152,8 @@ fn reuse_count_zero_is_unlimited() {
     );
 }
 
-#[test]
-fn expiry_is_exact_to_the_second() {
-    let mut f = fixture();
+fn expiry_is_exact_to_the_second(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let code = f.one("alice", 0, 60);
     f.clock.set(T0 + 59);
@@ -128,18 +165,16 @@ fn expiry_is_exact_to_the_second() {
     assert!(f.store.list_codes(Some("alice")).unwrap().is_empty());
 }
 
-#[test]
-fn valid_secs_zero_never_expires() {
-    let mut f = fixture();
+fn valid_secs_zero_never_expires(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let code = f.one("alice", 1, 0);
     f.clock.advance(20 * 365 * 86_400);
     assert_eq!(f.verify("alice", &code), Decision::Accept);
 }
 
-#[test]
-fn cli_defaults_follow_the_duo_admin_panel() {
-    let mut f = fixture();
+fn cli_defaults_follow_the_duo_admin_panel(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let issued = f
         .store
@@ -152,9 +187,8 @@ fn cli_defaults_follow_the_duo_admin_panel() {
     assert_eq!(c.info.uses_remaining, Some(1));
 }
 
-#[test]
-fn generating_replaces_unless_preserving() {
-    let mut f = fixture();
+fn generating_replaces_unless_preserving(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let old = f.issue(
         "alice",
@@ -185,9 +219,8 @@ fn generating_replaces_unless_preserving() {
     assert_eq!(f.verify("alice", &kept[0]), Decision::Accept);
 }
 
-#[test]
-fn the_hundred_cap_is_all_or_nothing() {
-    let mut f = fixture();
+fn the_hundred_cap_is_all_or_nothing(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let p = |count| CodeRequest {
         count,
@@ -221,9 +254,8 @@ fn the_hundred_cap_is_all_or_nothing() {
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 10);
 }
 
-#[test]
-fn expired_codes_do_not_count_against_the_cap() {
-    let mut f = fixture();
+fn expired_codes_do_not_count_against_the_cap(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     for _ in 0..10 {
         f.issue(
@@ -248,9 +280,8 @@ fn expired_codes_do_not_count_against_the_cap() {
     assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 10);
 }
 
-#[test]
-fn per_call_limits() {
-    let mut f = fixture();
+fn per_call_limits(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     for count in [0, 11] {
         assert!(
@@ -283,9 +314,8 @@ fn per_call_limits() {
     assert!(f.store.list_codes(Some("alice")).unwrap().is_empty());
 }
 
-#[test]
-fn custom_codes_and_duplicates() {
-    let mut f = fixture();
+fn custom_codes_and_duplicates(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     f.enrolled("bob");
     let req = |codes: &[&str], preserve| CodeRequest {
@@ -320,9 +350,8 @@ fn custom_codes_and_duplicates() {
     assert_eq!(f.verify("alice", "12345678901234567890"), WRONG);
 }
 
-#[test]
-fn temporary_otps_follow_onelogin() {
-    let mut f = fixture();
+fn temporary_otps_follow_onelogin(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let kept = f.one("alice", 1, 0);
     let t = f
@@ -360,9 +389,8 @@ fn temporary_otps_follow_onelogin() {
     assert!(f.store.temp_code("alice", 0, false, &f.ctx).is_err());
 }
 
-#[test]
-fn nothing_can_extend_a_code() {
-    let mut f = fixture();
+fn nothing_can_extend_a_code(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     f.one("alice", 2, 60);
     let user = f.store.find_user("alice").unwrap().id;
@@ -372,15 +400,20 @@ fn nothing_can_extend_a_code() {
         tx.set_code_uses(&id, 5).is_err(),
         "raising uses must be refused by the store"
     );
+    // PostgreSQL aborts a transaction at its first error: lower them in a new one.
+    drop(tx);
+    let mut tx = f.store.backend.begin().unwrap();
     assert!(tx.set_code_uses(&id, 1).is_ok());
 }
 
-#[test]
-fn lockout_after_threshold_and_unlock() {
-    let mut f = fixture_with(Policy {
-        lockout_threshold: 3,
-        ..Policy::default()
-    });
+fn lockout_after_threshold_and_unlock(b: Kind) {
+    let mut f = fixture_with(
+        b,
+        Policy {
+            lockout_threshold: 3,
+            ..Policy::default()
+        },
+    );
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     assert_eq!(f.verify("alice", "000000"), WRONG);
@@ -418,13 +451,15 @@ fn lockout_after_threshold_and_unlock() {
     assert_eq!(f.store.find_user("alice").unwrap().failed_attempts, 0);
 }
 
-#[test]
-fn automatic_unlock_when_configured() {
-    let mut f = fixture_with(Policy {
-        lockout_threshold: 2,
-        lockout_auto_unlock_secs: 300,
-        ..Policy::default()
-    });
+fn automatic_unlock_when_configured(b: Kind) {
+    let mut f = fixture_with(
+        b,
+        Policy {
+            lockout_threshold: 2,
+            lockout_auto_unlock_secs: 300,
+            ..Policy::default()
+        },
+    );
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     f.verify("alice", "000000");
@@ -438,12 +473,14 @@ fn automatic_unlock_when_configured() {
     assert_eq!(f.verify("alice", &code), Decision::Accept);
 }
 
-#[test]
-fn threshold_zero_never_locks() {
-    let mut f = fixture_with(Policy {
-        lockout_threshold: 0,
-        ..Policy::default()
-    });
+fn threshold_zero_never_locks(b: Kind) {
+    let mut f = fixture_with(
+        b,
+        Policy {
+            lockout_threshold: 0,
+            ..Policy::default()
+        },
+    );
     f.enrolled("alice");
     let code = f.one("alice", 1, 0);
     for _ in 0..100 {
@@ -452,9 +489,8 @@ fn threshold_zero_never_locks() {
     assert_eq!(f.verify("alice", &code), Decision::Accept);
 }
 
-#[test]
-fn statuses() {
-    let mut f = fixture();
+fn statuses(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     let set = |f: &mut Fixture, s| {
@@ -500,9 +536,8 @@ fn statuses() {
     );
 }
 
-#[test]
-fn not_enrolled_users_cannot_use_codes() {
-    let mut f = fixture();
+fn not_enrolled_users_cannot_use_codes(b: Kind) {
+    let mut f = fixture(b);
     f.store
         .add_user(
             NewUser {
@@ -537,9 +572,8 @@ fn not_enrolled_users_cannot_use_codes() {
     );
 }
 
-#[test]
-fn unknown_users_and_malformed_input_are_rejected() {
-    let mut f = fixture();
+fn unknown_users_and_malformed_input_are_rejected(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let code = f.one("alice", 1, 0);
     assert_eq!(
@@ -574,9 +608,8 @@ fn unknown_users_and_malformed_input_are_rejected() {
     assert_eq!(f.verify("alice", &code), Decision::Accept);
 }
 
-#[test]
-fn aliases_and_normalisation() {
-    let mut f = fixture();
+fn aliases_and_normalisation(b: Kind) {
+    let mut f = fixture(b);
     let new = NewUser {
         username: "Narroway".into(),
         aliases: vec!["n.arroway@example.com".into(), "ellie".into()],
@@ -675,12 +708,14 @@ fn aliases_and_normalisation() {
     );
 }
 
-#[test]
-fn exact_matching_without_normalisation() {
-    let mut f = fixture_with(Policy {
-        username_normalization: Normalization::None,
-        ..Policy::default()
-    });
+fn exact_matching_without_normalisation(b: Kind) {
+    let mut f = fixture_with(
+        b,
+        Policy {
+            username_normalization: Normalization::None,
+            ..Policy::default()
+        },
+    );
     f.enrolled("Alice");
     let code = f.one("Alice", 0, 0);
     assert_eq!(
@@ -690,9 +725,8 @@ fn exact_matching_without_normalisation() {
     assert_eq!(f.verify("Alice", &code), Decision::Accept);
 }
 
-#[test]
-fn trash_restore_and_purge() {
-    let mut f = fixture();
+fn trash_restore_and_purge(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let code = f.one("alice", 0, 0);
     f.store.trash_user("alice", &f.ctx).unwrap();
@@ -744,9 +778,8 @@ fn trash_restore_and_purge() {
     assert!(f.store.list_codes(Some(u.id.as_str())).unwrap().is_empty());
 }
 
-#[test]
-fn purge_drops_expired_codes() {
-    let mut f = fixture();
+fn purge_drops_expired_codes(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     f.issue(
         "alice",
@@ -770,9 +803,8 @@ fn purge_drops_expired_codes() {
     assert_eq!(f.store.list_codes(None).unwrap().len(), 2);
 }
 
-#[test]
-fn audit_records_actions_and_attempts_by_code_id_only() {
-    let mut f = fixture();
+fn audit_records_actions_and_attempts_by_code_id_only(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     let ctx = Context::new("radius:vpn").with_source(crate::Source {
         station: Some("10.0.0.9".into()),
@@ -826,8 +858,7 @@ fn audit_records_actions_and_attempts_by_code_id_only() {
     );
 }
 
-#[test]
-fn a_store_made_with_one_normalisation_refuses_another() {
+fn a_store_made_with_one_normalisation_refuses_another(b: Kind) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = crate::config::StoreConfig {
         path: dir.path().join("db"),
@@ -835,37 +866,36 @@ fn a_store_made_with_one_normalisation_refuses_another() {
         busy_timeout_ms: 1000,
         synchronous: crate::config::Synchronous::Full,
     };
+    let pg = matches!(b, Kind::Postgres).then(new_postgres_db);
+    let open = |create: bool| -> Box<dyn Backend> {
+        match (&pg, create) {
+            (None, true) => Box::new(SqliteBackend::create(&cfg).unwrap()),
+            (None, false) => Box::new(SqliteBackend::open(&cfg).unwrap()),
+            (Some((p, s)), true) => Box::new(PostgresBackend::create(p, s).unwrap()),
+            (Some((p, s)), false) => Box::new(PostgresBackend::open(p, s).unwrap()),
+        }
+    };
     let key = DigestKey::from_bytes([1; 32]);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(T0));
-    Store::with_backend(
-        Box::new(SqliteBackend::create(&cfg).unwrap()),
-        key.clone(),
-        Policy::default(),
-        clock.clone(),
-    )
-    .unwrap();
+    Store::with_backend(open(true), key.clone(), Policy::default(), clock.clone()).unwrap();
     let none = Policy {
         username_normalization: Normalization::None,
         ..Policy::default()
     };
-    let e = Store::with_backend(
-        Box::new(SqliteBackend::open(&cfg).unwrap()),
-        key,
-        none,
-        clock,
-    )
-    .unwrap_err();
+    let e = Store::with_backend(open(false), key, none, clock).unwrap_err();
     assert!(e.to_string().contains("username_normalization"), "{e}");
 }
 
-#[test]
-fn account_states_follow_the_verification_rules() {
+fn account_states_follow_the_verification_rules(b: Kind) {
     use crate::verify::Account;
-    let mut f = fixture_with(Policy {
-        lockout_threshold: 1,
-        lockout_auto_unlock_secs: 60,
-        ..Policy::default()
-    });
+    let mut f = fixture_with(
+        b,
+        Policy {
+            lockout_threshold: 1,
+            lockout_auto_unlock_secs: 60,
+            ..Policy::default()
+        },
+    );
     assert_eq!(f.store.account("nobody").unwrap(), Account::Unknown);
     assert_eq!(f.store.account("").unwrap(), Account::Unknown);
     f.store
@@ -917,9 +947,8 @@ fn account_states_follow_the_verification_rules() {
     assert_eq!(f.store.account("kai").unwrap(), Account::Trashed);
 }
 
-#[test]
-fn many_attempts_in_one_transaction_stand_or_fall_alone() {
-    let mut f = fixture();
+fn many_attempts_in_one_transaction_stand_or_fall_alone(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("alice");
     f.enrolled("bob");
     let a = f.one("alice", 2, 0);
@@ -961,11 +990,10 @@ fn many_attempts_in_one_transaction_stand_or_fall_alone() {
     assert_eq!(audited.len(), 5);
 }
 
-#[test]
-fn a_failed_attempt_is_undone_alone() {
+fn a_failed_attempt_is_undone_alone(b: Kind) {
     // A failure inside one savepoint (here: a code update the schema refuses) must undo
     // that attempt's writes and leave the batch's others in place.
-    let mut f = fixture();
+    let mut f = fixture(b);
     f.enrolled("alice");
     f.one("alice", 1, 0);
     let user = f.store.find_user("alice").unwrap().id;
@@ -1047,9 +1075,8 @@ fn purge_folds_the_log_into_the_database_file() {
     assert!(Store::open(&copied).unwrap().find_user("walt").is_ok());
 }
 
-#[test]
-fn last_login_is_kept_to_the_minute() {
-    let mut f = fixture();
+fn last_login_is_kept_to_the_minute(b: Kind) {
+    let mut f = fixture(b);
     f.enrolled("lee");
     let code = f.one("lee", 0, 0);
     assert_eq!(f.verify("lee", &code), Decision::Accept);
@@ -1073,3 +1100,46 @@ fn last_login_is_kept_to_the_minute() {
     assert_eq!(f.verify("lee", &code), Decision::Accept);
     assert_eq!(f.store.find_user("lee").unwrap().last_login, Some(T0 + 119));
 }
+
+/// Each rule above runs once on SQLite and once on PostgreSQL.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Kind::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Kind::Postgres) })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_code_works_exactly_as_many_times_as_issued,
+    reuse_count_zero_is_unlimited,
+    expiry_is_exact_to_the_second,
+    valid_secs_zero_never_expires,
+    cli_defaults_follow_the_duo_admin_panel,
+    generating_replaces_unless_preserving,
+    the_hundred_cap_is_all_or_nothing,
+    expired_codes_do_not_count_against_the_cap,
+    per_call_limits,
+    custom_codes_and_duplicates,
+    temporary_otps_follow_onelogin,
+    nothing_can_extend_a_code,
+    lockout_after_threshold_and_unlock,
+    automatic_unlock_when_configured,
+    threshold_zero_never_locks,
+    statuses,
+    not_enrolled_users_cannot_use_codes,
+    unknown_users_and_malformed_input_are_rejected,
+    aliases_and_normalisation,
+    exact_matching_without_normalisation,
+    trash_restore_and_purge,
+    purge_drops_expired_codes,
+    audit_records_actions_and_attempts_by_code_id_only,
+    a_store_made_with_one_normalisation_refuses_another,
+    account_states_follow_the_verification_rules,
+    many_attempts_in_one_transaction_stand_or_fall_alone,
+    a_failed_attempt_is_undone_alone,
+    last_login_is_kept_to_the_minute,
+);
