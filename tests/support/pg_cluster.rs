@@ -149,9 +149,9 @@ impl PgCluster {
         self.dir.join("password")
     }
 
-    /// The server's self-signed certificate, to trust as a root.
+    /// The CA that signed the server's certificate, to trust as a root.
     pub fn root_cert(&self) -> PathBuf {
-        self.dir.join("server.crt")
+        self.dir.join("ca.crt")
     }
 
     /// A URL for a database, with extra query parameters (`sslmode=...`) if any.
