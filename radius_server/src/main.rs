@@ -97,11 +97,25 @@ fn run(args: Args) -> anyhow::Result<()> {
     for w in &radius.warnings {
         log::warn!("{w}");
     }
-    let store = Store::open(&config)?;
+    let mut store = Store::open(&config)?;
     if args.check {
         println!("config {}: ok", path.display());
         return Ok(());
     }
+    // The writer never stops to checkpoint in the middle of a batch: a second connection
+    // does it once a second, without blocking anyone.
+    store.defer_checkpoints()?;
+    let mut checkpointer = Store::open(&config)?;
+    std::thread::Builder::new()
+        .name("checkpointer".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(e) = checkpointer.checkpoint() {
+                    log::warn!("checkpoint: {e}");
+                }
+            }
+        })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -51,6 +51,15 @@ pub trait Backend: Send + std::fmt::Debug {
     fn set_normalization(&mut self, n: Normalization) -> Result<()>;
     /// Housekeeping after a purge (SQLite: fold the write-ahead log into the database).
     fn maintain(&mut self) -> Result<()>;
+    /// Stops this connection from checkpointing its log as it grows, for a server whose
+    /// writer must not stall on it; another connection must then call [`Backend::checkpoint`].
+    fn defer_checkpoints(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Folds what it can of the log into the database without waiting for anyone.
+    fn checkpoint(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Which users to list.
@@ -579,6 +588,17 @@ impl Store {
         let report = self.batch(ctx, |b| b.purge())?;
         self.backend.maintain()?;
         Ok(report)
+    }
+
+    /// Leaves checkpoints to another connection ([`Store::checkpoint`]): a server's writer
+    /// then never stops to copy its log into the database in the middle of a batch.
+    pub fn defer_checkpoints(&mut self) -> Result<()> {
+        self.backend.defer_checkpoints()
+    }
+
+    /// Folds what it can of the log into the database, waiting for nobody.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.backend.checkpoint()
     }
 
     /// Lists audit events.

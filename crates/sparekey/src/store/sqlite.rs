@@ -288,6 +288,16 @@ impl Backend for SqliteBackend {
         }
     }
 
+    fn defer_checkpoints(&mut self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn maintain(&mut self) -> Result<()> {
         // TRUNCATE empties the log, so that right after a purge the database file alone is
         // a complete copy. If another connection is reading, the checkpoint stops short
