@@ -19,7 +19,8 @@ use crate::model::{
 
 /// The schema, one step per entry. Append only: a released step is never edited, because
 /// stores in the field have already run it.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -104,10 +105,10 @@ CREATE TABLE audit (
 CREATE INDEX audit_user ON audit (user_id) WHERE user_id IS NOT NULL;
 CREATE INDEX audit_time ON audit (time);
 "#,
-// Step 2. An index on the audit's user scattered one random page write over the log for
-// every verification; dropping it halves the pages a busy server writes. Listing one
-// user's events now walks the log from the newest (bounded by --since and --limit).
-r#"
+    // Step 2. An index on the audit's user scattered one random page write over the log for
+    // every verification; dropping it halves the pages a busy server writes. Listing one
+    // user's events now walks the log from the newest (bounded by --since and --limit).
+    r#"
 DROP INDEX audit_user;
 "#,
 ];
@@ -289,12 +290,14 @@ impl Backend for SqliteBackend {
     }
 
     fn defer_checkpoints(&mut self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(()))?;
         Ok(())
     }
 
     fn checkpoint(&mut self) -> Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }
 

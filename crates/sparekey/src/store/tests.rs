@@ -1143,3 +1143,42 @@ on_both_backends!(
     a_failed_attempt_is_undone_alone,
     last_login_is_kept_to_the_minute,
 );
+
+#[test]
+fn a_server_can_leave_checkpoints_to_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::config::Config::init_text(dir.path());
+    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let db = dir.path().join("sparekey.db");
+    let ctx = Context::new("test");
+    let mut writer = Store::create(&config).unwrap();
+    writer.defer_checkpoints().unwrap();
+    let before = std::fs::metadata(&db).unwrap().len();
+    // Far more than the 1000 pages after which a connection would checkpoint by itself.
+    for chunk in 0..4 {
+        writer
+            .batch(&ctx, |b| {
+                for i in 0..5000 {
+                    b.add_user(NewUser {
+                        username: format!("u{chunk}-{i}"),
+                        notes: Some("x".repeat(200)),
+                        ..NewUser::default()
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        before,
+        "the writer did not checkpoint"
+    );
+    let mut other = Store::open(&config).unwrap();
+    other.checkpoint().unwrap();
+    assert!(
+        std::fs::metadata(&db).unwrap().len() > before + 4_000_000,
+        "the other connection did"
+    );
+    assert!(other.find_user("u3-4999").is_ok());
+}
