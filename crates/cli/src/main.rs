@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin_key;
 mod duration;
 mod output;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Manage enrolled devices (a user without one cannot use bypass codes)
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Integration keys for the Duo-compatible Admin API (sparekey-admind)
+    #[command(subcommand)]
+    AdminKey(admin_key::AdminKeyCmd),
     /// Issue, list and revoke bypass codes
     #[command(subcommand)]
     Code(CodeCmd),
@@ -367,6 +371,7 @@ fn run(cli: Cli, out: &Out) -> Outcome {
         Command::User(cmd) => user(open(config)?, cmd, &ctx, out),
         Command::Device(cmd) => device(open(config)?, cmd, &ctx, out),
         Command::Code(cmd) => code(open(config)?, cmd, &ctx, out),
+        Command::AdminKey(cmd) => admin_key::run(open(config)?, cmd, &ctx, out),
         Command::Verify { name, allow_bypass } => {
             verify(open(config)?, &name, allow_bypass, &ctx, out)
         }

@@ -759,3 +759,52 @@ fn trash_restore_lockout_and_audit_filters() {
     let purge: serde_json::Value = serde_json::from_str(&env.ok(&["--json", "purge"])).unwrap();
     assert_eq!(purge["purged_users"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn admin_keys_show_their_secret_once_and_store_it_sealed() {
+    let env = Env::new();
+    let created: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "--json",
+        "admin-key",
+        "create",
+        "--name",
+        "helpdesk",
+        "--role",
+        "help_desk",
+        "--no-customise-codes",
+    ]))
+    .unwrap();
+    let ikey = created["ikey"].as_str().unwrap().to_owned();
+    let skey = created["skey"].as_str().unwrap().to_owned();
+    assert!(ikey.starts_with("DI") && ikey.len() == 20, "{ikey}");
+    assert_eq!(skey.len(), 40);
+    assert_eq!(created["role"], "help_desk");
+    assert_eq!(created["may_create_codes"], true);
+    assert_eq!(created["may_customise_codes"], false);
+
+    let list = env.ok(&["--json", "admin-key", "list"]);
+    assert!(list.contains(&ikey) && !list.contains(&skey), "{list}");
+    let text_list = env.ok(&["admin-key", "list"]);
+    assert!(text_list.contains("helpdesk") && !text_list.contains(&skey));
+    let audit = env.ok(&["--json", "audit"]);
+    assert!(audit.contains("admin_key.create") && !audit.contains(&skey));
+    assert!(
+        !contains(&env.store_bytes(), &skey),
+        "the database alone does not reveal the secret"
+    );
+
+    let out = env.cmd(
+        &["admin-key", "create", "--name", "x", "--role", "owner", "--no-create-codes"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "limits are for help-desk keys");
+    let out = env.cmd(&["admin-key", "create", "--name", "x", "--role", "root"], "");
+    assert_eq!(out.status.code(), Some(2));
+
+    env.ok(&["admin-key", "revoke", "helpdesk"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["--json", "admin-key", "list"])).unwrap();
+    assert!(list[0]["revoked_at"].is_i64());
+    let out = env.cmd(&["admin-key", "revoke", &ikey], "");
+    assert_eq!(out.status.code(), Some(1), "already revoked: not found");
+}

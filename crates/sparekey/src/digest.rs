@@ -82,6 +82,12 @@ impl DigestKey {
         Ok(DigestKey(k))
     }
 
+    /// The key's bytes, as input to a key derivation with a label of its own (the Admin
+    /// API's sealing key); never to be used directly, logged or stored.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// `HMAC-SHA256(key, "sparekey/v1" || user_id || 0x00 || code)`. Takes bytes so that the
     /// verifier can digest malformed input too and spend the same time on it.
     pub fn digest(&self, user: &UserId, code: &[u8]) -> [u8; 32] {

@@ -4,10 +4,12 @@
 //! Every public operation runs in one write transaction and appends its audit event in
 //! that same transaction: an action is either done and audited, or neither.
 
+mod admin_keys;
 mod copy;
 pub(crate) mod postgres;
 mod sqlite;
 
+pub use admin_keys::{AdminKey, NewAdminKey, Role, SecretKey};
 pub use copy::CopyReport;
 pub use postgres::PostgresBackend;
 pub use sqlite::SqliteBackend;
@@ -153,6 +155,14 @@ pub trait Tx {
     }
     /// Audit events matching a filter, oldest first.
     fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
+    /// Adds an Admin API integration key with its sealed secret.
+    fn insert_admin_key(&mut self, key: &AdminKey, sealed_secret: &[u8]) -> Result<()>;
+    /// An integration key (revoked or not) with its sealed secret.
+    fn admin_key(&mut self, ikey: &str) -> Result<Option<(AdminKey, Vec<u8>)>>;
+    /// Every integration key, revoked ones included, oldest first.
+    fn admin_keys(&mut self) -> Result<Vec<AdminKey>>;
+    /// Marks a live integration key revoked at `at`; false if there was none.
+    fn revoke_admin_key(&mut self, ikey: &str, at: i64) -> Result<bool>;
 }
 
 /// What a transaction needs besides the rows: the key, the policy and the time.

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-use super::{Backend, Tx, UserFilter};
+use super::{AdminKey, Backend, Tx, UserFilter};
 use crate::audit::{AuditEvent, AuditFilter, Source};
 use crate::config::{PostgresConfig, StoreConfig};
 use crate::error::{Error, Result};
@@ -144,7 +144,24 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_user ON audit (user_id) WHERE user_id IS NOT NULL;
 CREATE INDEX audit_time ON audit (time);
-"#];
+"#,
+    // Step 2 (SQLite's step 3). Admin API integration keys. The secret is sealed under a
+    // key derived from the key file's (store/admin_keys.rs), so this table alone reveals none.
+    r#"
+CREATE TABLE admin_keys (
+    ikey                TEXT PRIMARY KEY,
+    name                TEXT NOT NULL,
+    role                TEXT NOT NULL
+                        CHECK (role IN ('owner', 'administrator', 'user_manager', 'help_desk')),
+    may_create_codes    BOOLEAN NOT NULL,
+    may_customise_codes BOOLEAN NOT NULL,
+    sealed_secret       BYTEA NOT NULL,
+    created_at          BIGINT NOT NULL,
+    revoked_at          BIGINT
+);
+CREATE UNIQUE INDEX admin_keys_live_name ON admin_keys (name) WHERE revoked_at IS NULL;
+"#,
+];
 
 /// The table that records how many [`MIGRATIONS`] steps a database has run.
 const VERSION_TABLE: &str = "sparekey_schema";
@@ -1316,6 +1333,70 @@ impl Tx for PgTx<'_> {
         .map(audit_row)
         .collect()
     }
+
+    fn insert_admin_key(&mut self, k: &AdminKey, sealed_secret: &[u8]) -> Result<()> {
+        self.exec(
+            "INSERT INTO admin_keys (ikey, name, role, may_create_codes, may_customise_codes,
+                                     created_at, revoked_at, sealed_secret)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &k.ikey,
+                &k.name,
+                &k.role.as_str(),
+                &k.may_create_codes,
+                &k.may_customise_codes,
+                &k.created_at,
+                &k.revoked_at,
+                &sealed_secret,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn admin_key(&mut self, ikey: &str) -> Result<Option<(AdminKey, Vec<u8>)>> {
+        self.opt(
+            "SELECT ikey, name, role, may_create_codes, may_customise_codes, created_at,
+                    revoked_at, sealed_secret
+             FROM admin_keys WHERE ikey = $1",
+            &[&ikey],
+        )?
+        .as_ref()
+        .map(|r| Ok((admin_key_row(r)?, r.try_get(7)?)))
+        .transpose()
+    }
+
+    fn admin_keys(&mut self) -> Result<Vec<AdminKey>> {
+        self.rows(
+            "SELECT ikey, name, role, may_create_codes, may_customise_codes, created_at, revoked_at
+             FROM admin_keys ORDER BY created_at, ikey COLLATE \"C\"",
+            &[],
+        )?
+        .iter()
+        .map(admin_key_row)
+        .collect()
+    }
+
+    fn revoke_admin_key(&mut self, ikey: &str, at: i64) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE admin_keys SET revoked_at = $2 WHERE ikey = $1 AND revoked_at IS NULL",
+            &[&ikey, &at],
+        )? > 0)
+    }
+}
+
+fn admin_key_row(row: &Row) -> Result<AdminKey> {
+    let role: String = row.try_get(2)?;
+    Ok(AdminKey {
+        ikey: row.try_get(0)?,
+        name: row.try_get(1)?,
+        role: role
+            .parse()
+            .map_err(|_| Error::Store(format!("corrupt store: role {role:?}")))?,
+        may_create_codes: row.try_get(3)?,
+        may_customise_codes: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+        revoked_at: row.try_get(6)?,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Backend, Tx, UserFilter};
+use super::{AdminKey, Backend, Tx, UserFilter};
 use crate::audit::{AuditEvent, AuditFilter, Source};
 use crate::config::{StoreConfig, Synchronous};
 use crate::error::{Error, Result};
@@ -110,6 +110,22 @@ CREATE INDEX audit_time ON audit (time);
     // user's events now walks the log from the newest (bounded by --since and --limit).
     r#"
 DROP INDEX audit_user;
+"#,
+    // Step 3. Admin API integration keys. The secret is sealed under a key derived from the
+    // key file's (store/admin_keys.rs), so this table alone reveals none.
+    r#"
+CREATE TABLE admin_keys (
+    ikey                TEXT PRIMARY KEY,
+    name                TEXT NOT NULL,
+    role                TEXT NOT NULL
+                        CHECK (role IN ('owner', 'administrator', 'user_manager', 'help_desk')),
+    may_create_codes    INTEGER NOT NULL CHECK (may_create_codes IN (0, 1)),
+    may_customise_codes INTEGER NOT NULL CHECK (may_customise_codes IN (0, 1)),
+    sealed_secret       BLOB NOT NULL,
+    created_at          INTEGER NOT NULL,
+    revoked_at          INTEGER
+) STRICT;
+CREATE UNIQUE INDEX admin_keys_live_name ON admin_keys (name) WHERE revoked_at IS NULL;
 "#,
 ];
 
@@ -746,4 +762,66 @@ impl Tx for SqliteTx<'_> {
         )?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    fn insert_admin_key(&mut self, k: &AdminKey, sealed_secret: &[u8]) -> Result<()> {
+        self.tx
+            .prepare_cached(&format!(
+                "INSERT INTO admin_keys ({ADMIN_KEY_COLUMNS}, sealed_secret) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                k.ikey,
+                k.name,
+                k.role.as_str(),
+                k.may_create_codes,
+                k.may_customise_codes,
+                k.created_at,
+                k.revoked_at,
+                sealed_secret,
+            ])?;
+        Ok(())
+    }
+
+    fn admin_key(&mut self, ikey: &str) -> Result<Option<(AdminKey, Vec<u8>)>> {
+        let mut st = self.tx.prepare_cached(&format!(
+            "SELECT {ADMIN_KEY_COLUMNS}, sealed_secret FROM admin_keys WHERE ikey = ?1"
+        ))?;
+        Ok(st
+            .query_row([ikey], |r| Ok((admin_key_row(r)?, r.get(7)?)))
+            .optional()?)
+    }
+
+    fn admin_keys(&mut self) -> Result<Vec<AdminKey>> {
+        let mut st = self.tx.prepare_cached(&format!(
+            "SELECT {ADMIN_KEY_COLUMNS} FROM admin_keys ORDER BY created_at, ikey"
+        ))?;
+        Ok(st
+            .query_map([], admin_key_row)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revoke_admin_key(&mut self, ikey: &str, at: i64) -> Result<bool> {
+        Ok(self
+            .tx
+            .prepare_cached(
+                "UPDATE admin_keys SET revoked_at = ?2 WHERE ikey = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![ikey, at])?
+            > 0)
+    }
+}
+
+const ADMIN_KEY_COLUMNS: &str =
+    "ikey, name, role, may_create_codes, may_customise_codes, created_at, revoked_at";
+
+fn admin_key_row(row: &Row<'_>) -> rusqlite::Result<AdminKey> {
+    Ok(AdminKey {
+        ikey: row.get(0)?,
+        name: row.get(1)?,
+        role: parsed(row, 2)?,
+        may_create_codes: row.get(3)?,
+        may_customise_codes: row.get(4)?,
+        created_at: row.get(5)?,
+        revoked_at: row.get(6)?,
+    })
 }

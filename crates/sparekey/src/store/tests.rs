@@ -1101,6 +1101,70 @@ fn last_login_is_kept_to_the_minute(b: Kind) {
     assert_eq!(f.store.find_user("lee").unwrap().last_login, Some(T0 + 119));
 }
 
+fn admin_keys_are_sealed_listed_and_revoked(kind: Kind) {
+    let mut f = fixture(kind);
+    let new = |name: &str, role| NewAdminKey {
+        name: name.into(),
+        role,
+        may_create_codes: false,
+        may_customise_codes: false,
+    };
+    let (desk, secret) = f
+        .store
+        .create_admin_key(new("desk", Role::HelpDesk), &f.ctx)
+        .unwrap();
+    assert!(desk.ikey.starts_with("DI") && desk.ikey.len() == 20);
+    assert_eq!(secret.expose().len(), 40);
+    assert!(!desk.may_create_codes && !desk.may_customise_codes);
+    let (owner, _) = f
+        .store
+        .create_admin_key(new("root", Role::Owner), &f.ctx)
+        .unwrap();
+    assert!(
+        owner.may_create_codes && owner.may_customise_codes,
+        "help-desk limits bind only help-desk keys"
+    );
+    assert!(matches!(
+        f.store.create_admin_key(new("desk", Role::UserManager), &f.ctx),
+        Err(Error::Conflict(_))
+    ));
+    let (got, opened) = f.store.admin_key_secret(&desk.ikey).unwrap().unwrap();
+    assert_eq!((got, &opened), (desk.clone(), &secret));
+    assert!(f.store.admin_key_secret("DINOSUCHKEY").unwrap().is_none());
+    assert_eq!(f.store.list_admin_keys().unwrap().len(), 2);
+
+    f.clock.advance(5);
+    let revoked = f.store.revoke_admin_key("desk", &f.ctx).unwrap();
+    assert_eq!(revoked.revoked_at, Some(T0 + 5));
+    assert!(f.store.admin_key_secret(&desk.ikey).unwrap().is_none());
+    assert!(f.store.revoke_admin_key(&desk.ikey, &f.ctx).unwrap_err().is_not_found());
+    // The name is free again once its key is revoked.
+    f.store
+        .create_admin_key(new("desk", Role::HelpDesk), &f.ctx)
+        .unwrap();
+    assert_eq!(f.store.list_admin_keys().unwrap().len(), 3);
+
+    let events = f.store.audit(&AuditFilter::default()).unwrap();
+    let actions: Vec<&str> = events
+        .iter()
+        .filter(|e| e.action.starts_with("admin_key."))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "admin_key.create",
+            "admin_key.create",
+            "admin_key.revoke",
+            "admin_key.create"
+        ]
+    );
+    for e in &events {
+        let text = format!("{e:?}");
+        assert!(!text.contains(secret.expose()), "no secret in the audit");
+    }
+}
+
 /// Each rule above runs once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1142,6 +1206,7 @@ on_both_backends!(
     many_attempts_in_one_transaction_stand_or_fall_alone,
     a_failed_attempt_is_undone_alone,
     last_login_is_kept_to_the_minute,
+    admin_keys_are_sealed_listed_and_revoked,
 );
 
 #[test]
