@@ -2,7 +2,8 @@
 //! the store, audit and config. Every front end (the CLI, the PAM module, the RADIUS
 //! server) links it and calls [`Store::verify`] to decide an attempt.
 //!
-//! The library never opens a socket and knows nothing of PAM items or RADIUS attributes:
+//! The library opens no socket but a PostgreSQL store's database connection, and knows
+//! nothing of PAM items or RADIUS attributes:
 //! front ends translate their world into `(login, passcode, Context)` and a [`Verdict`]
 //! back into theirs.
 
