@@ -8,4 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod server;
 pub mod sign;

@@ -20,7 +20,7 @@ use super::{Store, Tx};
 use crate::audit::{Context, outcome, sanitize};
 use crate::digest::DigestKey;
 use crate::error::{Error, Result};
-use crate::model::check_text;
+use crate::model::{Device, DeviceId, DeviceKind, check_text};
 
 /// The HKDF label of the sealing key: distinct from every other use of the key file's key.
 const SEAL_LABEL: &[u8] = b"sparekey/admin-api-secret-seal/v1";
@@ -301,6 +301,80 @@ impl Store {
                 Ok(Some((key, secret)))
             }
             _ => Ok(None),
+        })
+    }
+}
+
+impl Store {
+    /// Audits one Admin API call (reads and refusals included), under the calling key's
+    /// name or, for a call that was refused before a key was known, the server's.
+    pub fn record_api_call(
+        &mut self,
+        ctx: &Context,
+        ok: bool,
+        reason: Option<&str>,
+        detail: String,
+    ) -> Result<()> {
+        self.batch(ctx, |b| {
+            let (tx, env, ctx) = b.parts();
+            let outcome = if ok { outcome::OK } else { outcome::REJECT };
+            super::audit(
+                tx,
+                env,
+                ctx,
+                "admin_api.call",
+                None,
+                None,
+                outcome,
+                reason.map(str::to_owned),
+                Some(detail),
+            )
+        })
+    }
+
+    /// Enrols a device under an id chosen beforehand (the Admin API hands out a phone's
+    /// id when the phone is created, before it is attached to a user).
+    pub fn add_device_with_id(
+        &mut self,
+        name: &str,
+        id: &str,
+        kind: DeviceKind,
+        label: Option<String>,
+        ctx: &Context,
+    ) -> Result<Device> {
+        if !DeviceId::looks_like(id) {
+            return Err(Error::invalid("phone_id", "not a device id"));
+        }
+        let label = check_text("name", label)?;
+        self.batch(ctx, |b| {
+            let user = b.find_user(name)?;
+            if user.trashed_at.is_some() {
+                return Err(Error::Conflict(format!(
+                    "user {} is in the trash; restore them first",
+                    user.username
+                )));
+            }
+            let (tx, env, ctx) = b.parts();
+            let device = Device {
+                id: DeviceId::from_string(id),
+                user_id: user.id.clone(),
+                kind,
+                name: label,
+                created_at: env.now,
+            };
+            tx.insert_device(&device)?;
+            super::audit(
+                tx,
+                env,
+                ctx,
+                "device.add",
+                Some(&user),
+                None,
+                outcome::OK,
+                None,
+                Some(format!("device={} kind={kind}", device.id)),
+            )?;
+            Ok(device)
         })
     }
 }
