@@ -12,6 +12,56 @@ use std::sync::OnceLock;
 use sparekey::store::{NewAdminKey, Role};
 use sparekey::{Config, Context, Decision, Store};
 
+const RADIUS_SECRET: &str = "a-long-random-test-secret-for-the-nas";
+
+/// Sends one PAP request through sparekey-radiusd's server, run in-process on the same
+/// store, and says whether it was accepted.
+fn radius_login(config: &Config, user: &str, code: &str) -> bool {
+    use sparekey_radiusd::client::{self, Reply};
+    use sparekey_radiusd::config::RadiusConfig;
+    use sparekey_radiusd::server::{self, Counters};
+
+    let radius = RadiusConfig::from_config(config).unwrap();
+    let store = Store::open(config).unwrap();
+    let socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            let counters = std::sync::Arc::new(Counters::default());
+            server::run(
+                vec![socket],
+                Box::new(store),
+                &radius,
+                None,
+                counters,
+                shutdown,
+            )
+            .await
+            .unwrap();
+        });
+    });
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let req = client::pap(1, [9; 16], user, code, RADIUS_SECRET.as_bytes());
+    sock.send_to(&req, addr).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("a RADIUS reply");
+    let reply = client::check_reply(&buf[..n], &req, RADIUS_SECRET.as_bytes()).unwrap();
+    let _ = stop.send(());
+    thread.join().unwrap();
+    reply == Reply::Accept
+}
+
 /// A virtualenv with duo_client, made once per target directory.
 fn python() -> &'static Path {
     static PY: OnceLock<PathBuf> = OnceLock::new();
@@ -134,6 +184,10 @@ fn start(tls: bool) -> Admind {
     let dir = tempfile::tempdir().unwrap();
     let mut text = Config::init_text(dir.path());
     let mut ca = None;
+    text.push_str(&format!(
+        "\n[radius]\nlisten = [\"127.0.0.1:0\"]\n[[radius.client]]\nname = \"nas\"\n\
+         address = \"127.0.0.1\"\nsecret = \"{RADIUS_SECRET}\"\n"
+    ));
     text.push_str("\n[admin_api]\nlisten = \"127.0.0.1:0\"\nhostname = \"localhost\"\n");
     if tls {
         let (ca_pem, cert, key) = make_certs(dir.path());
@@ -259,6 +313,17 @@ fn duo_client_end_to_end(tls: bool, sig_version: u8) {
     assert!(matches!(
         store.verify(&username, "000000001", &ctx).unwrap().decision,
         Decision::Reject(_)
+    ));
+    // The same code (3 uses) through sparekey-radiusd; the custom one is used up.
+    assert!(radius_login(
+        &server.config,
+        &username,
+        out["code"].as_str().unwrap()
+    ));
+    assert!(!radius_login(
+        &server.config,
+        &username,
+        out["custom"].as_str().unwrap()
     ));
 
     run_python(
