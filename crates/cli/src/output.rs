@@ -404,6 +404,7 @@ impl Out {
                 "devices": r.devices,
                 "codes": r.codes,
                 "audit_events": r.audit_events,
+                "admin_keys": r.admin_keys,
                 "to": target.location().to_string(),
             }));
         } else {

@@ -410,6 +410,31 @@ mod tests {
     }
 
     #[test]
+    fn a_store_copy_keeps_integration_keys_and_their_secrets() {
+        let store = || {
+            Store::in_memory(
+                DigestKey::from_bytes([3; 32]),
+                crate::config::Policy::default(),
+                std::sync::Arc::new(crate::clock::ManualClock::at(1_800_000_000)),
+            )
+            .unwrap()
+        };
+        let ctx = Context::new("test");
+        let (mut from, mut to) = (store(), store());
+        let new = NewAdminKey {
+            name: "sync".into(),
+            role: Role::UserManager,
+            may_create_codes: true,
+            may_customise_codes: true,
+        };
+        let (key, secret) = from.create_admin_key(new, &ctx).unwrap();
+        let report = from.copy_to(&mut to, &ctx).unwrap();
+        assert_eq!(report.admin_keys, 1);
+        let (copied, opened) = to.admin_key_secret(&key.ikey).unwrap().unwrap();
+        assert_eq!((copied, opened), (key, secret));
+    }
+
+    #[test]
     fn keys_have_duo_shapes() {
         let s = random_text(ALNUM, SKEY_LEN).unwrap();
         assert_eq!(s.len(), SKEY_LEN);

@@ -19,6 +19,8 @@ pub struct CopyReport {
     pub codes: u64,
     /// Audit events, before the one recording the copy.
     pub audit_events: u64,
+    /// Admin API integration keys, with their sealed secrets (the key file is the same).
+    pub admin_keys: u64,
 }
 
 impl Store {
@@ -45,12 +47,17 @@ impl Store {
                 target.policy.username_normalization.as_str()
             )));
         }
-        let (users, devices, codes, events) = self.read(|tx, _| {
+        let (users, devices, codes, events, admin_keys) = self.read(|tx, _| {
+            let mut admin_keys = Vec::new();
+            for k in tx.admin_keys()? {
+                admin_keys.extend(tx.admin_key(&k.ikey)?);
+            }
             Ok((
                 tx.list_users(&UserFilter::default())?,
                 tx.all_devices()?,
                 tx.all_codes()?,
                 tx.audit(&AuditFilter::default())?,
+                admin_keys,
             ))
         })?;
         target.write_then(true, ctx, |b| {
@@ -72,15 +79,19 @@ impl Store {
                 tx.insert_code(c)?;
             }
             tx.import_audit(&events)?;
+            for (key, sealed) in &admin_keys {
+                tx.insert_admin_key(key, sealed)?;
+            }
             let report = CopyReport {
                 users: users.len() as u64,
                 devices: devices.len() as u64,
                 codes: codes.len() as u64,
                 audit_events: events.len() as u64,
+                admin_keys: admin_keys.len() as u64,
             };
             let detail = format!(
-                "users={} devices={} codes={} audit_events={}",
-                report.users, report.devices, report.codes, report.audit_events
+                "users={} devices={} codes={} audit_events={} admin_keys={}",
+                report.users, report.devices, report.codes, report.audit_events, report.admin_keys
             );
             audit(
                 tx,
