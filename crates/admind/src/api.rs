@@ -666,3 +666,296 @@ fn fail_reply(f: &Fail) -> Reply {
         body,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ring::hmac;
+    use sparekey::store::NewAdminKey;
+    use sparekey::{DigestKey, ManualClock, Policy};
+    use std::fmt::Write as _;
+    use std::sync::Arc;
+
+    const NOW: i64 = 1_800_000_000;
+    const DATE: &str = "Fri, 15 Jan 2027 08:00:00 -0000";
+
+    struct Fixture {
+        api: Api,
+        ikey: String,
+        skey: String,
+        /// How far the server's clock is ahead of the request's date.
+        skew: i64,
+    }
+
+    fn fixture(role: Role, create: bool, customise: bool) -> Fixture {
+        let mut store = Store::in_memory(
+            DigestKey::from_bytes([5; 32]),
+            Policy::default(),
+            Arc::new(ManualClock::at(NOW)),
+        )
+        .unwrap();
+        let (k, s) = store
+            .create_admin_key(
+                NewAdminKey {
+                    name: "tool".into(),
+                    role,
+                    may_create_codes: create,
+                    may_customise_codes: customise,
+                },
+                &Context::new("test"),
+            )
+            .unwrap();
+        Fixture {
+            api: Api::new(store, Some("api.example".into())),
+            ikey: k.ikey,
+            skey: s.expose().to_owned(),
+            skew: 0,
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let mut n = 0u32;
+            for (i, &b) in chunk.iter().enumerate() {
+                n |= u32::from(b) << (16 - 8 * i);
+            }
+            for i in 0..4 {
+                out.push(if i <= chunk.len() {
+                    char::from(A[((n >> (18 - 6 * i)) & 63) as usize])
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    }
+
+    impl Fixture {
+        /// A request signed with signature version 5 (a JSON body for POST).
+        fn call(&mut self, method: &str, target: &str, json_body: Option<Value>) -> Reply {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let body = json_body.map(|v| v.to_string()).unwrap_or_default();
+            let params = parse_form(query).unwrap();
+            let signed = Signed {
+                method,
+                host: "api.example",
+                path,
+                params: &params,
+                body: body.as_bytes(),
+                json_body: !body.is_empty(),
+                date: DATE,
+                duo_headers: &[],
+            };
+            let sig = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA512, self.skey.as_bytes()),
+                sign::canonical_v5(&signed).as_bytes(),
+            );
+            let mut hex = String::new();
+            for b in sig.as_ref() {
+                let _ = write!(hex, "{b:02x}");
+            }
+            let mut headers = vec![
+                (
+                    "authorization".to_owned(),
+                    format!("Basic {}", b64(format!("{}:{hex}", self.ikey).as_bytes())),
+                ),
+                ("date".to_owned(), DATE.to_owned()),
+            ];
+            if !body.is_empty() {
+                headers.push(("content-type".to_owned(), "application/json".to_owned()));
+            }
+            let req = Request {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                query: query.to_owned(),
+                headers,
+                body: body.into_bytes(),
+            };
+            let now = sign::parse_date(DATE).unwrap() + self.skew;
+            self.api.handle(&req, "127.0.0.1".parse().unwrap(), now)
+        }
+
+        fn enrolled(&mut self, name: &str) -> String {
+            let u = self.call("POST", "/admin/v1/users", Some(json!({ "username": name })));
+            assert_eq!(u.status, 200, "{:?}", u.body);
+            let id = u.body["response"]["user_id"].as_str().unwrap().to_owned();
+            self.api
+                .store
+                .add_device(&id, DeviceKind::Phone, None, &Context::new("test"))
+                .unwrap();
+            id
+        }
+    }
+
+    #[test]
+    fn lists_are_paged_with_duos_metadata() {
+        let mut f = fixture(Role::Owner, true, true);
+        for n in ["a1", "a2", "a3"] {
+            f.enrolled(n);
+        }
+        let first = f.call("GET", "/admin/v1/users?limit=2&offset=0", None);
+        assert_eq!(first.body["stat"], "OK");
+        assert_eq!(first.body["response"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            first.body["metadata"],
+            json!({ "total_objects": 3, "next_offset": 2 })
+        );
+        let last = f.call("GET", "/admin/v1/users?limit=2&offset=2", None);
+        assert_eq!(last.body["response"][0]["username"], "a3");
+        assert_eq!(
+            last.body["metadata"],
+            json!({ "total_objects": 3, "prev_offset": 0 })
+        );
+        let one = f.call("GET", "/admin/v1/users?username=a2", None);
+        assert_eq!(one.body["response"].as_array().unwrap().len(), 1);
+        let none = f.call("GET", "/admin/v1/users?username=zz", None);
+        assert_eq!(none.body["response"], json!([]));
+    }
+
+    #[test]
+    fn failures_use_duos_envelope_and_status() {
+        let mut f = fixture(Role::Owner, true, true);
+        let r = f.call("GET", "/admin/v1/users/U0000000000000000000", None);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body["stat"], "FAIL");
+        assert_eq!(r.body["code"], 40401);
+        assert_eq!(f.call("PUT", "/admin/v1/users", None).body["code"], 40501);
+        assert_eq!(f.call("GET", "/admin/v2/users", None).status, 404);
+        let id = f.enrolled("bo");
+        let both = f.call(
+            "POST",
+            &format!("/admin/v1/users/{id}/bypass_codes"),
+            Some(json!({ "count": "1", "codes": "123456789" })),
+        );
+        assert_eq!((both.status, &both.body["code"]), (400, &json!(40002)));
+        let eleven = f.call(
+            "POST",
+            &format!("/admin/v1/users/{id}/bypass_codes"),
+            Some(json!({ "count": "11" })),
+        );
+        assert_eq!(eleven.status, 400);
+        let bad = f.call(
+            "POST",
+            &format!("/admin/v1/users/{id}/bypass_codes"),
+            Some(json!({ "codes": "12345,987654321" })),
+        );
+        let text = bad.body.to_string();
+        assert!(bad.status == 400 && text.contains("#1") && !text.contains("12345"));
+    }
+
+    #[test]
+    fn generation_defaults_follow_duos_admin_api() {
+        let mut f = fixture(Role::UserManager, true, true);
+        let id = f.enrolled("cy");
+        let r = f.call(
+            "POST",
+            &format!("/admin/v1/users/{id}/bypass_codes"),
+            Some(json!({})),
+        );
+        assert_eq!(r.body["response"].as_array().unwrap().len(), 10);
+        let listed = f.call("GET", &format!("/admin/v1/users/{id}/bypass_codes"), None);
+        let first = &listed.body["response"][0];
+        assert_eq!(first["reuse_count"], 1);
+        assert_eq!(first["expiration"], Value::Null);
+        assert_eq!(first["admin_email"], "tool");
+    }
+
+    #[test]
+    fn help_desk_keys_honour_their_two_settings() {
+        let mut f = fixture(Role::HelpDesk, true, false);
+        let id = {
+            // Users are made by the store here: a help-desk key may not add them.
+            let ctx = Context::new("test");
+            let u = f
+                .api
+                .store
+                .add_user(
+                    NewUser {
+                        username: "di".into(),
+                        ..NewUser::default()
+                    },
+                    &ctx,
+                )
+                .unwrap();
+            u.id.to_string()
+        };
+        let path = format!("/admin/v1/users/{id}/bypass_codes");
+        let custom = f.call("POST", &path, Some(json!({ "valid_secs": "30" })));
+        assert_eq!((custom.status, &custom.body["code"]), (403, &json!(40301)));
+        assert_eq!(f.call("POST", &path, Some(json!({}))).status, 200);
+        assert_eq!(
+            f.call("POST", "/admin/v1/users", Some(json!({ "username": "x" })))
+                .status,
+            403
+        );
+        assert_eq!(
+            f.call("DELETE", &format!("/admin/v1/users/{id}"), None)
+                .status,
+            403
+        );
+
+        let mut g = fixture(Role::HelpDesk, false, true);
+        let u = g
+            .api
+            .store
+            .add_user(
+                NewUser {
+                    username: "ed".into(),
+                    ..NewUser::default()
+                },
+                &Context::new("test"),
+            )
+            .unwrap();
+        let r = g.call(
+            "POST",
+            &format!("/admin/v1/users/{}/bypass_codes", u.id),
+            Some(json!({})),
+        );
+        assert_eq!(r.status, 403);
+        assert_eq!(g.call("GET", "/admin/v1/bypass_codes", None).status, 200);
+    }
+
+    #[test]
+    fn unsigned_and_mis_signed_requests_are_401() {
+        let mut f = fixture(Role::Owner, true, true);
+        let bare = Request {
+            method: "GET".into(),
+            path: "/admin/v1/users".into(),
+            query: String::new(),
+            headers: vec![("date".into(), DATE.into())],
+            body: Vec::new(),
+        };
+        let now = sign::parse_date(DATE).unwrap();
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let r = f.api.handle(&bare, peer, now);
+        assert_eq!((r.status, &r.body["code"]), (401, &json!(40101)));
+        // A good signature, five minutes off and then a second more.
+        for (skew, status) in [(300, 200), (-300, 200), (301, 401), (-301, 401)] {
+            f.skew = skew;
+            let r = f.call("GET", "/admin/v1/users", None);
+            assert_eq!(r.status, status, "{skew}");
+            if status == 401 {
+                assert_eq!(r.body["code"], 40105);
+            }
+        }
+        f.skew = 0;
+        let skey = std::mem::replace(&mut f.skey, "x".repeat(40));
+        let bad = f.call("GET", "/admin/v1/users", None);
+        assert_eq!((bad.status, &bad.body["code"]), (401, &json!(40103)));
+        f.skey = skey;
+        let events = f
+            .api
+            .store
+            .audit(&sparekey::AuditFilter::default())
+            .unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.actor == "admin_api"
+                    && e.reason.as_deref() == Some("40101 authorization"))
+        );
+    }
+}
