@@ -25,6 +25,9 @@ struct Args {
     /// Config file [default: $SPAREKEY_CONFIG, then /etc/sparekey/sparekey.toml]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Check the config, the TLS files, the key and the store, then exit
+    #[arg(long)]
+    check: bool,
     /// error, warn, info or debug
     #[arg(long, default_value = "info", env = "SPAREKEY_LOG")]
     log_level: log::LevelFilter,
@@ -74,6 +77,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let store = Store::open(&config)?;
+    if args.check {
+        println!("{}: ok", file.display());
+        return Ok(());
+    }
     let api = Arc::new(Mutex::new(Api::new(store, api_config.hostname.clone())));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
