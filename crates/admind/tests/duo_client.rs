@@ -14,82 +14,78 @@ use sparekey::{Config, Context, Decision, Store};
 
 const RADIUS_SECRET: &str = "a-long-random-test-secret-for-the-nas";
 
-/// Sends one PAP request through sparekey-radiusd's server, run in-process on the same
-/// store, and says whether it was accepted.
-fn radius_login(config: &Config, user: &str, code: &str) -> bool {
+/// Sends one PAP request to a real `sparekey-radiusd` on the same store and says whether
+/// it was accepted.
+fn radius_login(config: &Path, user: &str, code: &str) -> bool {
     use sparekey_radiusd::client::{self, Reply};
-    use sparekey_radiusd::config::RadiusConfig;
-    use sparekey_radiusd::server::{self, Counters};
-
-    let radius = RadiusConfig::from_config(config).unwrap();
-    let store = Store::open(config).unwrap();
-    let socket = server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = socket.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            let counters = std::sync::Arc::new(Counters::default());
-            server::run(
-                vec![socket],
-                Box::new(store),
-                &radius,
-                None,
-                counters,
-                shutdown,
-            )
-            .await
-            .unwrap();
-        });
-    });
+    let mut child = Command::new(workspace_bin("sparekey-radiusd"))
+        .arg("--config")
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says where it listens once its socket is bound.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("sparekey-radiusd exited").unwrap();
+        if let Some(a) = line.split("listening on ").nth(1) {
+            break a.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let req = client::pap(1, [9; 16], user, code, RADIUS_SECRET.as_bytes());
     sock.send_to(&req, addr).unwrap();
     let mut buf = [0u8; 4096];
     let (n, _) = sock.recv_from(&mut buf).expect("a RADIUS reply");
     let reply = client::check_reply(&buf[..n], &req, RADIUS_SECRET.as_bytes()).unwrap();
-    let _ = stop.send(());
-    thread.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
     reply == Reply::Accept
 }
 
-/// The `sparekey` CLI, built by cargo for this test (cargo does not hold its build lock
-/// while tests run; under `cargo test --workspace` it is already built and fresh).
-fn sparekey_cli() -> &'static Path {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
+/// The `sparekey` CLI and `sparekey-radiusd`, built by cargo for this test (cargo does not
+/// hold its build lock while tests run; under `cargo test --workspace` they are already
+/// built and fresh).
+fn workspace_bin(name: &str) -> PathBuf {
+    static EXES: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    let exes = EXES.get_or_init(|| {
         let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "sparekey-cli", "--bin", "sparekey"])
+            .args([
+                "build",
+                "-p",
+                "sparekey-cli",
+                "-p",
+                "sparekey-radiusd",
+                "--bins",
+            ])
             .args(["--message-format=json-render-diagnostics"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stderr(Stdio::inherit())
             .output()
             .unwrap();
-        assert!(out.status.success(), "cargo build -p sparekey-cli");
-        let exe = String::from_utf8_lossy(&out.stdout)
+        assert!(
+            out.status.success(),
+            "cargo build -p sparekey-cli -p sparekey-radiusd"
+        );
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .next_back()
-            .expect("the sparekey executable");
-        assert!(exe.ends_with("sparekey"), "{}", exe.display());
-        exe
-    })
+            .collect()
+    });
+    exes.iter()
+        .find(|p| p.file_name().is_some_and(|f| f == name))
+        .unwrap_or_else(|| panic!("cargo built no {name}"))
+        .clone()
 }
 
 /// `sparekey verify USER` with the code on stdin, as an admin would: accepted or not.
 fn cli_verify(config: &Path, user: &str, code: &str) -> bool {
     use std::io::Write as _;
-    let mut child = Command::new(sparekey_cli())
+    let mut child = Command::new(workspace_bin("sparekey"))
         .args(["--config"])
         .arg(config)
         .args(["verify", user])
@@ -362,16 +358,8 @@ fn duo_client_end_to_end(tls: bool, sig_version: u8) {
         Decision::Reject(_)
     ));
     // The same code (3 uses) through sparekey-radiusd; the custom one is used up.
-    assert!(radius_login(
-        &server.config,
-        &username,
-        out["code"].as_str().unwrap()
-    ));
-    assert!(!radius_login(
-        &server.config,
-        &username,
-        out["custom"].as_str().unwrap()
-    ));
+    assert!(radius_login(&server.file, &username, code));
+    assert!(!radius_login(&server.file, &username, custom));
 
     run_python(
         &server,
