@@ -169,6 +169,14 @@ impl Api {
             Err(f) => {
                 let ctx = Context::new("admin_api").with_source(source);
                 let reason = format!("{} {}", f.code, f.detail.as_deref().unwrap_or(f.message));
+                // The integration key is not secret, and says who tried.
+                let ikey = req
+                    .header("authorization")
+                    .and_then(sign::parse_authorization)
+                    .map(|a| format!(" ikey={}", sanitize(&a.ikey, 64)))
+                    .unwrap_or_default();
+                log::warn!("refused {call} from {peer}:{ikey} {reason}");
+                let call = format!("{call}{ikey}");
                 if let Err(e) = self.store.record_api_call(&ctx, false, Some(&reason), call) {
                     log::error!("audit: {e}");
                 }
@@ -957,5 +965,12 @@ mod tests {
                 .any(|e| e.actor == "admin_api"
                     && e.reason.as_deref() == Some("40101 authorization"))
         );
+        let bad_sig = events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("40103 signature"))
+            .unwrap();
+        let detail = bad_sig.detail.as_deref().unwrap();
+        assert_eq!(detail, format!("GET /admin/v1/users ikey={}", f.ikey));
+        assert!(!format!("{events:?}").contains(&f.skey));
     }
 }
