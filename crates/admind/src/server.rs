@@ -14,6 +14,9 @@ use crate::http::{self, Parsed};
 
 /// How long a client has to send its whole request.
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections served at once; more are closed at once, so that a flood of idle
+/// connections cannot exhaust the server's memory or file descriptors.
+const MAX_CONNECTIONS: usize = 256;
 
 /// Serves until `shutdown` completes. Takes its listener, so tests bind `127.0.0.1:0`.
 pub async fn run(
@@ -23,6 +26,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
@@ -34,9 +38,14 @@ pub async fn run(
                         continue;
                     }
                 };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    log::warn!("{peer}: too many connections; closed");
+                    continue;
+                };
                 let api = Arc::clone(&api);
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let done = match tls {
                         Some(acceptor) => match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => serve(s, peer, api).await,
@@ -82,10 +91,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                match api.lock() {
-                    Ok(mut api) => Some(api.handle(&req, ip, now)),
-                    Err(_) => None,
-                }
+                // A panic in an earlier call rolled its transaction back; the API holds
+                // nothing else that it could have left half-changed.
+                let mut api = api
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Some(api.handle(&req, ip, now))
             })
             .await
             .ok()
