@@ -24,8 +24,14 @@ cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench -p 
 bin=$PWD/target/release
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pg-bench.XXXXXX")
 pids=()
+pg_pid= pg_in=
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # The cluster stops and removes itself when its input closes: close it, and wait.
+    if [ -n "$pg_pid" ]; then
+        eval "exec $pg_in>&-"
+        wait "$pg_pid" 2>/dev/null || true
+    fi
     wait 2>/dev/null || true
     rm -rf "$dir"
 }
@@ -38,9 +44,10 @@ port_sq=18211 port_pg=18212 port_db=18213
 
 # The cluster runs while its input stays open (a coprocess), and cleans up when it closes.
 coproc PG { scripts/pg-test-cluster "$port_db" durable; }
+pg_pid=$PG_PID pg_in=${PG[1]}
 read -r ready _ pgdir <&"${PG[0]}"
 [ "$ready" = ready ] || { echo "pg-bench: no PostgreSQL cluster" >&2; exit 2; }
-echo "createdb sparekey" >&"${PG[1]}"
+echo "createdb sparekey" >&"$pg_in"
 read -r answer <&"${PG[0]}"
 [ "$answer" = ok ] || { echo "pg-bench: createdb: $answer" >&2; exit 2; }
 
