@@ -16,8 +16,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sparekey::store::{CodeRequest, NewUser, SqliteBackend, UserFilter, UserUpdate};
 use sparekey::config::Location;
+use sparekey::store::{CodeRequest, NewUser, SqliteBackend, UserFilter, UserUpdate};
 use sparekey::{
     AuditFilter, Config, Context, Decision, DeviceKind, DigestKey, Error, Passcode, Status, Store,
 };

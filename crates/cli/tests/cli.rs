@@ -794,11 +794,22 @@ fn admin_keys_show_their_secret_once_and_store_it_sealed() {
     );
 
     let out = env.cmd(
-        &["admin-key", "create", "--name", "x", "--role", "owner", "--no-create-codes"],
+        &[
+            "admin-key",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "owner",
+            "--no-create-codes",
+        ],
         "",
     );
     assert_eq!(out.status.code(), Some(2), "limits are for help-desk keys");
-    let out = env.cmd(&["admin-key", "create", "--name", "x", "--role", "root"], "");
+    let out = env.cmd(
+        &["admin-key", "create", "--name", "x", "--role", "root"],
+        "",
+    );
     assert_eq!(out.status.code(), Some(2));
 
     env.ok(&["admin-key", "revoke", "helpdesk"]);

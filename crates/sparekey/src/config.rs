@@ -405,21 +405,36 @@ mod tests {
         )
         .unwrap();
         let pg = c.postgres.as_ref().unwrap();
-        assert_eq!(pg.password_file.as_deref(), Some(Path::new("/etc/sk/db.pw")));
+        assert_eq!(
+            pg.password_file.as_deref(),
+            Some(Path::new("/etc/sk/db.pw"))
+        );
         assert!(matches!(c.location(), Location::Postgres(_)));
         let c = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n").unwrap();
         assert!(matches!(c.location(), Location::Sqlite(p) if p == Path::new("/etc/sk/db")));
         for (text, key) in [
-            ("path = \"db\"\nurl = \"postgres://sk@h/db\"\n", "store.path and store.url"),
+            (
+                "path = \"db\"\nurl = \"postgres://sk@h/db\"\n",
+                "store.path and store.url",
+            ),
             ("", "store.path or store.url"),
-            ("path = \"db\"\npassword_file = \"pw\"\n", "store.password_file"),
+            (
+                "path = \"db\"\npassword_file = \"pw\"\n",
+                "store.password_file",
+            ),
             ("url = \"mysql://h/db\"\n", "store.url"),
-            ("url = \"postgres://sk:hunter2@h/db?sslmode=prefer\"\n", "store.url"),
+            (
+                "url = \"postgres://sk:hunter2@h/db?sslmode=prefer\"\n",
+                "store.url",
+            ),
         ] {
             let e = parse(&format!("[store]\n{text}key_file = \"k\"\n"))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("/etc/sk/sparekey.toml") && e.contains(key), "{e}");
+            assert!(
+                e.contains("/etc/sk/sparekey.toml") && e.contains(key),
+                "{e}"
+            );
             assert!(!e.contains("hunter2"), "{e}");
         }
         let c = parse("[store]\nurl = \"postgres://sk:hunter2@h/db\"\nkey_file = \"k\"\n").unwrap();

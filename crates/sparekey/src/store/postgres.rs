@@ -53,7 +53,8 @@ use crate::model::{
 /// The schema, one step per entry. Append only: a released step is never edited, because
 /// stores in the field have already run it. The same tables as SQLite's, in PostgreSQL
 /// types (integers as BIGINT, digests as BYTEA).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -1125,7 +1125,8 @@ fn admin_keys_are_sealed_listed_and_revoked(kind: Kind) {
         "help-desk limits bind only help-desk keys"
     );
     assert!(matches!(
-        f.store.create_admin_key(new("desk", Role::UserManager), &f.ctx),
+        f.store
+            .create_admin_key(new("desk", Role::UserManager), &f.ctx),
         Err(Error::Conflict(_))
     ));
     let (got, opened) = f.store.admin_key_secret(&desk.ikey).unwrap().unwrap();
@@ -1137,7 +1138,12 @@ fn admin_keys_are_sealed_listed_and_revoked(kind: Kind) {
     let revoked = f.store.revoke_admin_key("desk", &f.ctx).unwrap();
     assert_eq!(revoked.revoked_at, Some(T0 + 5));
     assert!(f.store.admin_key_secret(&desk.ikey).unwrap().is_none());
-    assert!(f.store.revoke_admin_key(&desk.ikey, &f.ctx).unwrap_err().is_not_found());
+    assert!(
+        f.store
+            .revoke_admin_key(&desk.ikey, &f.ctx)
+            .unwrap_err()
+            .is_not_found()
+    );
     // The name is free again once its key is revoked.
     f.store
         .create_admin_key(new("desk", Role::HelpDesk), &f.ctx)
