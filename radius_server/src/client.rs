@@ -39,10 +39,17 @@ pub mod code {
 }
 
 pub(crate) fn hmac_md5(secret: &[u8], data: &[u8]) -> [u8; 16] {
+    hmac_md5_parts(secret, &[data])
+}
+
+/// HMAC-MD5 over the concatenation of `parts`, without building it.
+pub(crate) fn hmac_md5_parts(secret: &[u8], parts: &[&[u8]]) -> [u8; 16] {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac =
         <hmac::Hmac<Md5> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
-    mac.update(data);
+    for p in parts {
+        mac.update(p);
+    }
     mac.finalize().into_bytes().into()
 }
 

@@ -13,7 +13,7 @@ use radius::core::packet::Packet;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::client::hmac_md5;
+use crate::client::{hmac_md5, hmac_md5_parts};
 
 /// Largest RADIUS packet (RFC 2865 section 3).
 pub const MAX_PACKET: usize = 4096;
@@ -163,9 +163,8 @@ fn check_message_authenticator(bytes: &[u8], secret: &[u8], required: bool) -> R
             Ok(())
         };
     };
-    let mut copy = bytes.to_vec();
-    copy[at..at + 16].fill(0);
-    let expected = hmac_md5(secret, &copy);
+    // The HMAC covers the packet with the attribute's value as zeros; no copy is made.
+    let expected = hmac_md5_parts(secret, &[&bytes[..at], &[0; 16], &bytes[at + 16..]]);
     if bool::from(expected.ct_eq(&bytes[at..at + 16])) {
         Ok(())
     } else {
