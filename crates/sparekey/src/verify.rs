@@ -8,7 +8,7 @@ use crate::audit::{Context, display_login, outcome};
 use crate::error::Result;
 use crate::model::{CodeId, LoginKey, Status, User, UserId};
 use crate::passcode::Passcode;
-use crate::store::{Env, Tx, audit};
+use crate::store::{Env, Tx, audit, event};
 
 /// What the front end should do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -126,21 +126,12 @@ pub(crate) fn verify_in(
         .digest(user.as_ref().map_or(&no_user, |u| &u.id), digest_input);
 
     let Some(mut user) = user.filter(|u| u.trashed_at.is_none()) else {
-        let shown = display_login(login);
         let v = reject(None, Reason::UnknownUser);
-        tx.append_audit(&crate::audit::AuditEvent {
-            id: 0,
-            time: env.now,
-            actor: ctx.actor.clone(),
-            action: "auth".into(),
-            user_id: None,
-            username: Some(shown),
-            code_id: None,
-            outcome: outcome::REJECT.into(),
-            reason: Some(Reason::UnknownUser.as_str().into()),
-            source: ctx.source.clone(),
-            detail: None,
-        })?;
+        let reason = Some(Reason::UnknownUser.as_str().to_owned());
+        let mut e = event(env, ctx, "auth", None, None, outcome::REJECT, reason, None);
+        // No user to name: the login as sent, fit for the record.
+        e.username = Some(display_login(login));
+        tx.append_audit(&e)?;
         return Ok(v);
     };
 

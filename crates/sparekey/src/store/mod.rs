@@ -1176,7 +1176,24 @@ pub(crate) fn audit(
     reason: Option<String>,
     detail: Option<String>,
 ) -> Result<()> {
-    tx.append_audit(&AuditEvent {
+    tx.append_audit(&event(
+        env, ctx, action, user, code, outcome, reason, detail,
+    ))
+}
+
+/// An audit event for `ctx`, not yet appended.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn event(
+    env: &Env<'_>,
+    ctx: &Context,
+    action: &str,
+    user: Option<&User>,
+    code: Option<&CodeId>,
+    outcome: &str,
+    reason: Option<String>,
+    detail: Option<String>,
+) -> AuditEvent {
+    AuditEvent {
         id: 0,
         time: env.now,
         actor: ctx.actor.clone(),
@@ -1188,7 +1205,7 @@ pub(crate) fn audit(
         reason,
         source: ctx.source.clone(),
         detail,
-    })
+    }
 }
 
 #[cfg(test)]
