@@ -26,11 +26,17 @@ struct Server {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The tests' policy: a low lockout threshold, so lockouts are quick to reach.
+const TEST_POLICY: &str = "[policy]\nlockout_threshold = 3\n";
+
 fn write_config(dir: &Path, radius: &str) -> PathBuf {
+    write_config_with(dir, TEST_POLICY, radius)
+}
+
+fn write_config_with(dir: &Path, policy: &str, radius: &str) -> PathBuf {
     let cfg = dir.join("sparekey.toml");
-    let text = format!(
-        "[store]\npath = \"sparekey.db\"\nkey_file = \"sparekey.key\"\n[policy]\nlockout_threshold = 3\n{radius}"
-    );
+    let text =
+        format!("[store]\npath = \"sparekey.db\"\nkey_file = \"sparekey.key\"\n{policy}{radius}");
     std::fs::write(&cfg, text).unwrap();
     cfg
 }
@@ -48,8 +54,13 @@ impl Server {
     }
 
     fn start_on(bind: &str, radius: &str) -> Server {
+        Self::start_with(bind, TEST_POLICY, radius)
+    }
+
+    /// A server whose config has `policy` (empty: the defaults) before its `radius` section.
+    fn start_with(bind: &str, policy: &str, radius: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = write_config(dir.path(), radius);
+        let cfg = write_config_with(dir.path(), policy, radius);
         let config = Config::load(&cfg).unwrap();
         let store = Store::create(&config).unwrap();
         let radius = RadiusConfig::from_config(&config).unwrap();
@@ -741,4 +752,128 @@ fn non_utf8_and_oversized_fields_are_rejected_not_crashed_on() {
         client::check_reply(&exchange(&sock, s.addr, &ok), &ok, SECRET.as_bytes()),
         Ok(Reply::Accept)
     );
+}
+
+/// Sends `req` and returns what the reply says.
+fn ask(sock: &UdpSocket, to: SocketAddr, req: &[u8]) -> Reply {
+    client::check_reply(&exchange(sock, to, req), req, SECRET.as_bytes()).unwrap()
+}
+
+#[test]
+fn with_the_default_policy_a_guesser_gets_ten_tries_and_then_not_even_the_right_code_works() {
+    let s = Server::start_with("127.0.0.1:0", "", &radius_section("", "127.0.0.1", true));
+    assert_eq!(s.config().policy.lockout_threshold, 10, "the default");
+    s.enrolled("gus");
+    let right = s.code("gus", 1);
+    let sock = raw();
+    let mut id = 0u8;
+    let mut next = |user: &str, code: &str| {
+        id = id.wrapping_add(1);
+        client::pap(id, [id; 16], user, code, SECRET.as_bytes())
+    };
+    // Ten distinct wrong guesses, each well formed, none the right code.
+    let wrong: Vec<String> = (0..10u64)
+        .map(|i| {
+            format!(
+                "{:09}",
+                (right.parse::<u64>().unwrap() + 1 + i) % 1_000_000_000
+            )
+        })
+        .collect();
+    for guess in &wrong {
+        assert_eq!(ask(&sock, s.addr, &next("gus", guess)), Reply::Reject);
+    }
+    // The eleventh attempt is the right code, and it is refused: the user is locked out.
+    assert_eq!(ask(&sock, s.addr, &next("gus", &right)), Reply::Reject);
+    let locks = s
+        .admin()
+        .audit(&AuditFilter {
+            action: Some("user.lockout".into()),
+            ..AuditFilter::default()
+        })
+        .unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].detail.as_deref(), Some("failed_attempts=10"));
+    assert_eq!(
+        s.admin().list_codes(Some("gus")).unwrap()[0].uses_remaining,
+        Some(1),
+        "a refused attempt consumes nothing"
+    );
+    // Another user is not affected by the guessing, and the lockout has no timer by
+    // default: only an admin's unlock lets the right code in.
+    s.enrolled("hana");
+    let hers = s.code("hana", 1);
+    assert_eq!(ask(&sock, s.addr, &next("hana", &hers)), Reply::Accept);
+    assert_eq!(ask(&sock, s.addr, &next("gus", &right)), Reply::Reject);
+    s.admin().unlock_user("gus", &Context::new("test")).unwrap();
+    assert_eq!(ask(&sock, s.addr, &next("gus", &right)), Reply::Accept);
+}
+
+#[test]
+fn a_client_over_its_rate_limit_is_dropped_while_other_clients_are_served() {
+    let radius = format!(
+        "[radius]\nlisten = [\"127.0.0.1:0\"]\n\
+         [[radius.client]]\nname = \"flood\"\naddress = \"127.0.0.1\"\nsecret = \"{SECRET}\"\nrate_limit = 5\n\
+         [[radius.client]]\nname = \"calm\"\naddress = \"127.0.0.2\"\nsecret = \"{SECRET}\"\n"
+    );
+    let s = Server::start_with("127.0.0.1:0", "", &radius);
+    s.enrolled("ivy");
+    let code = s.code("ivy", 1);
+    let flood = raw();
+    let started = std::time::Instant::now();
+    // 200 guesses for users that do not exist (so no lockout stops them), sent at once.
+    let sent = 200u64;
+    for i in 0..sent {
+        let id = i as u8;
+        let req = client::pap(
+            id,
+            [id; 16],
+            &format!("nobody{i}"),
+            "123456789",
+            SECRET.as_bytes(),
+        );
+        flood.send_to(&req, s.addr).unwrap();
+    }
+    // Every datagram is either answered or counted as over the limit; wait for all of them.
+    let deadline = started + Duration::from_secs(20);
+    while s.counter(|c| &c.rejects) + s.counter(|c| &c.rate_limited) < sent {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            s.counters.summary()
+        );
+        std::thread::yield_now();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let answered = s.counter(|c| &c.rejects);
+    // A bucket of 5 per second holds a burst of 10 and refills at 5 per second.
+    let allowed = 10.0 + 5.0 * elapsed;
+    assert!(
+        answered as f64 <= allowed.ceil() && answered >= 10,
+        "answered {answered} of {sent} in {elapsed:.2}s; {}",
+        s.counters.summary()
+    );
+    assert_eq!(s.counter(|c| &c.rate_limited), sent - answered);
+    // The flood gets its answered requests back, each a well-signed reject.
+    let mut buf = [0u8; 4096];
+    for _ in 0..answered {
+        let (n, _) = flood.recv_from(&mut buf).expect("a reply within 5 s");
+        let id = buf[1];
+        let req = client::pap(
+            id,
+            [id; 16],
+            &format!("nobody{id}"),
+            "123456789",
+            SECRET.as_bytes(),
+        );
+        assert_eq!(
+            client::check_reply(&buf[..n], &req, SECRET.as_bytes()),
+            Ok(Reply::Reject)
+        );
+    }
+    // Another client, with its own bucket, is served at once.
+    let calm = UdpSocket::bind("127.0.0.2:0").unwrap();
+    calm.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = client::pap(1, [1; 16], "ivy", &code, SECRET.as_bytes());
+    assert_eq!(ask(&calm, s.addr, &req), Reply::Accept);
 }
