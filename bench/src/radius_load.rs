@@ -5,6 +5,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sparekey_radiusd::client::{self, Reply};
@@ -79,6 +80,12 @@ pub struct Report {
     pub elapsed: f64,
     /// Latency of every answered request, in microseconds, from its (scheduled) first send.
     pub latencies_us: Vec<u64>,
+    /// Access-Accepts for requests that carried `users[i]`'s valid code, by `i` (empty if
+    /// none were seen). Accepts of wrong codes are not here; they count as `unexpected`.
+    pub accepts_per_user: Vec<u64>,
+    /// Requests still in flight when [`run_until`] was told to stop; neither answered nor
+    /// lost.
+    pub abandoned: u64,
 }
 
 impl Report {
@@ -122,6 +129,13 @@ impl Report {
         self.skipped += o.skipped;
         self.elapsed = self.elapsed.max(o.elapsed);
         self.latencies_us.extend(o.latencies_us);
+        if self.accepts_per_user.len() < o.accepts_per_user.len() {
+            self.accepts_per_user.resize(o.accepts_per_user.len(), 0);
+        }
+        for (a, b) in self.accepts_per_user.iter_mut().zip(o.accepts_per_user) {
+            *a += b;
+        }
+        self.abandoned += o.abandoned;
     }
 
     /// One line: rate, latency quantiles and counts.
@@ -162,6 +176,8 @@ impl Rng {
 struct InFlight {
     request: Vec<u8>,
     expect: Reply,
+    /// The index in `users` when the request carries that user's valid code.
+    entry: Option<usize>,
     started: Instant,
     deadline: Instant,
     tries: u32,
@@ -169,6 +185,20 @@ struct InFlight {
 
 /// Runs the load and returns what it saw. Each socket runs on its own thread.
 pub fn run(cfg: &LoadConfig) -> std::io::Result<Report> {
+    run_inner(cfg, None)
+}
+
+/// Like [`run`], but every worker also stops, abandoning what it has in flight, soon
+/// (within about 20 ms) after `stop` becomes true. A server that goes away in the middle
+/// of a run costs retransmissions and lost requests, never an error.
+pub fn run_until(cfg: &LoadConfig, stop: &Arc<AtomicBool>) -> std::io::Result<Report> {
+    run_inner(cfg, Some(stop))
+}
+
+/// How long a worker that may be told to stop waits for an answer at most before looking.
+const STOP_POLL: Duration = Duration::from_millis(20);
+
+fn run_inner(cfg: &LoadConfig, stop: Option<&Arc<AtomicBool>>) -> std::io::Result<Report> {
     let start = Instant::now();
     let sockets = cfg.sockets.max(1);
     let mut threads = Vec::new();
@@ -180,8 +210,9 @@ pub fn run(cfg: &LoadConfig) -> std::io::Result<Report> {
             "0.0.0.0:0"
         })?;
         sock.connect(cfg.server)?;
+        let stop = stop.cloned();
         threads.push(std::thread::spawn(move || {
-            worker(&cfg, &sock, k, sockets, start)
+            worker(&cfg, &sock, k, sockets, start, stop.as_deref())
         }));
     }
     let mut report = Report::default();
@@ -200,6 +231,7 @@ fn worker(
     k: usize,
     of: usize,
     start: Instant,
+    stop: Option<&AtomicBool>,
 ) -> std::io::Result<Report> {
     let mut rng = Rng(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(k as u64 + 1)) | 1);
     let mut slots: Vec<Option<InFlight>> = (0..256).map(|_| None).collect();
@@ -224,6 +256,10 @@ fn worker(
         start + interval.map_or(Duration::ZERO, |i| i.mul_f64(k as f64 / of as f64));
     let mut buf = [0u8; 4096];
     loop {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            r.abandoned += in_flight as u64;
+            break;
+        }
         let now = Instant::now();
         let may_send = now < stop_sending && quota.is_none_or(|q| r.sent < q);
         if !may_send && in_flight == 0 {
@@ -295,9 +331,12 @@ fn worker(
         if interval.is_some() && may_send {
             wake = wake.min(next_send);
         }
-        let wait = wake
+        let mut wait = wake
             .saturating_duration_since(Instant::now())
             .max(Duration::from_micros(50));
+        if stop.is_some() {
+            wait = wait.min(STOP_POLL);
+        }
         sock.set_read_timeout(Some(wait))?;
         match sock.recv(&mut buf) {
             Ok(n) => {
@@ -315,6 +354,12 @@ fn worker(
                     Ok(got) => {
                         if got == Reply::Accept {
                             r.accepts += 1;
+                            if let Some(i) = f.entry {
+                                if r.accepts_per_user.len() <= i {
+                                    r.accepts_per_user.resize(cfg.users.len(), 0);
+                                }
+                                r.accepts_per_user[i] += 1;
+                            }
                         } else {
                             r.rejects += 1;
                         }
@@ -355,16 +400,17 @@ fn send_new(
     }
     let id = *next_id;
     *next_id = (id + 1) % 256;
-    let (user, code) = &cfg.users[(rng.next() % cfg.users.len().max(1) as u64) as usize];
+    let entry = (rng.next() % cfg.users.len().max(1) as u64) as usize;
+    let (user, code) = &cfg.users[entry];
     let wrong = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < cfg.wrong_ratio;
     let wrong_code;
-    let (code, expect) = if wrong {
+    let (code, expect, entry) = if wrong {
         // Nine digits that differ from the valid code in the first one.
         let first = (code.as_bytes().first().map_or(0, |b| b - b'0') + 1) % 10;
         wrong_code = format!("{first}{:08}", rng.next() % 100_000_000);
-        (wrong_code.as_str(), Reply::Reject)
+        (wrong_code.as_str(), Reply::Reject, None)
     } else {
-        (code.as_str(), Reply::Accept)
+        (code.as_str(), Reply::Accept, Some(entry))
     };
     let mut auth = [0u8; 16];
     auth[..8].copy_from_slice(&rng.next().to_le_bytes());
@@ -374,6 +420,7 @@ fn send_new(
     slots[id] = Some(InFlight {
         request,
         expect,
+        entry,
         started,
         deadline: Instant::now() + cfg.timeout,
         tries: 1,
