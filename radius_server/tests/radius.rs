@@ -15,6 +15,9 @@ use sparekey_radiusd::client::{self, Reply, attr, code};
 use sparekey_radiusd::config::RadiusConfig;
 use sparekey_radiusd::server::{self, Counters};
 
+#[path = "../../tests/support/hygiene.rs"]
+mod hygiene;
+
 const SECRET: &str = "s3cret-for-tests-0123456789";
 
 /// A server on 127.0.0.1 with its own store, stopped on drop.
@@ -128,7 +131,9 @@ impl Server {
             .admin()
             .generate_codes(name, req, &Context::new("test"))
             .unwrap();
-        issued.codes[0].code.expose().to_owned()
+        let code = issued.codes[0].code.expose().to_owned();
+        hygiene::issued([&code]);
+        code
     }
 
     fn counter(&self, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
@@ -144,6 +149,7 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        hygiene::keep(self.dir.path());
     }
 }
 

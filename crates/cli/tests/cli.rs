@@ -7,6 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+#[path = "../../../tests/support/hygiene.rs"]
+mod hygiene;
+
 /// A store made by `sparekey init` in a temporary directory.
 struct Env {
     dir: tempfile::TempDir,
@@ -56,7 +59,32 @@ impl Env {
             .unwrap();
         // A command that fails before reading its stdin closes it: a broken pipe is fine.
         let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        child.wait_with_output().unwrap()
+        let out = child.wait_with_output().unwrap();
+        self.record(args, &out);
+        out
+    }
+
+    /// For the suite's leak check: codes a `code` command printed, and every command's
+    /// diagnostics, kept with the store when the test ends.
+    fn record(&self, args: &[&str], out: &Output) {
+        if args.contains(&"code") && (args.contains(&"generate") || args.contains(&"temp")) {
+            let stdout = text(&out.stdout);
+            let mut printed: Vec<String> = stdout
+                .lines()
+                .filter(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::to_owned)
+                .collect();
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&stdout) {
+                json_codes(&json, &mut printed);
+            }
+            hygiene::issued(printed);
+        }
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cli-stderr.log"))
+            .unwrap();
+        log.write_all(&out.stderr).unwrap();
     }
 
     /// Runs a command that must succeed; returns stdout.
@@ -91,6 +119,28 @@ impl Env {
             }
         }
         all
+    }
+}
+
+/// Every `"code"` string in a JSON answer.
+fn json_codes(v: &serde_json::Value, into: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Array(a) => a.iter().for_each(|x| json_codes(x, into)),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                match x.as_str() {
+                    Some(c) if k == "code" => into.push(c.to_owned()),
+                    _ => json_codes(x, into),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        hygiene::keep(self.dir.path());
     }
 }
 
