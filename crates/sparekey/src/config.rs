@@ -346,9 +346,16 @@ fn toml_message(e: &impl std::fmt::Display) -> String {
     e.to_string()
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|'))
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !is_excerpt(l))
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// A line of the file that the TOML error quotes (`12 | secret = ...`): it may hold a
+/// secret, and the message goes to logs, so it is left out (the line number stays).
+fn is_excerpt(line: &str) -> bool {
+    let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && line[digits..].trim_start().starts_with('|')
 }
 
 #[cfg(test)]
@@ -391,6 +398,14 @@ mod tests {
             .to_string();
         assert!(
             !e.contains("hunter2") && e.contains("line 6"),
+            "excerpts may hold secrets: {e}"
+        );
+        // The faulty line itself is not quoted either.
+        let e = parse("[store]\npath = \"db\"\nkey_file = \"k\"\n[radius]\nsecret = hunter2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("hunter2") && e.contains("line 5"),
             "excerpts may hold secrets: {e}"
         );
         assert!(parse("[store]\npath = \"\"\nkey_file = \"k\"\n").is_err());
