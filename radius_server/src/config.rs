@@ -274,6 +274,45 @@ impl RadiusConfig {
     }
 }
 
+/// Reads the config file after checking that nobody but its owner can change it: the file
+/// and every directory above it must be unwritable by group and others (a sticky directory
+/// such as `/tmp` excepted, since there only a file's owner can replace it). The config
+/// names the key, the store and the client secrets, so whoever could rewrite it could let
+/// themselves in. The text is read from the descriptor that was checked.
+pub fn check_config_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let at = |m: String| format!("config {}: {m}", path.display());
+    let real = std::fs::canonicalize(path).map_err(|e| at(e.to_string()))?;
+    for dir in real.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| at(format!("directory {}: {e}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(at(format!(
+                "directory {} (mode {:04o}) lets group or others replace the file; chmod go-w it",
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    let mut file = std::fs::File::open(&real).map_err(|e| at(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| at(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(at("not a regular file".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(at(format!(
+            "mode {mode:04o} lets group or others write it; chmod go-w it"
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|_| at("not valid UTF-8".into()))?;
+    Ok(text)
+}
+
 /// Reads a secret file: refuses one that group or others may read; a trailing newline is
 /// not part of the secret.
 fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
@@ -398,6 +437,38 @@ mod tests {
             assert!(e.contains(key), "{key}: {e}");
             assert!(!e.contains("s3cr3t"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_config_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sparekey.toml");
+        std::fs::write(&f, "[store]\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(check_config_file(&f).unwrap(), "[store]\n");
+        for mode in [0o664, 0o646, 0o666] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = check_config_file(&f).unwrap_err();
+            assert!(
+                e.contains(&format!("mode {mode:04o} lets group or others write it")),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = check_config_file(&f).unwrap_err();
+        assert!(
+            e.contains("(mode 0777) lets group or others replace the file"),
+            "{e}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        check_config_file(&f).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(
+            check_config_file(&dir.path().join("none"))
+                .unwrap_err()
+                .contains("none")
+        );
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use sparekey::{Config, Store};
-use sparekey_radiusd::config::RadiusConfig;
+use sparekey::Config;
+use sparekey_radiusd::config::{RadiusConfig, check_config_file};
 use sparekey_radiusd::server::{self, AuthLog, Counters};
+use sparekey_radiusd::store::{self, StoreHandle};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,32 +91,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reads the config from the very file whose permissions were checked, so that it cannot
+/// be swapped in between.
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let text = check_config_file(path).map_err(anyhow::Error::msg)?;
+    Ok(Config::parse(&text, path)?)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let path = Config::locate(args.config.as_deref());
-    let config = Config::load(&path)?;
+    let config = load_config(&path)?;
     let radius = RadiusConfig::from_config(&config).map_err(anyhow::Error::msg)?;
     for w in &radius.warnings {
         log::warn!("{w}");
     }
-    let mut store = Store::open(&config)?;
+    let store = StoreHandle::open(&config)?;
     if args.check {
         println!("config {}: ok", path.display());
         return Ok(());
     }
-    // The writer never stops to checkpoint in the middle of a batch: a second connection
-    // does it once a second, without blocking anyone.
-    store.defer_checkpoints()?;
-    let mut checkpointer = Store::open(&config)?;
-    std::thread::Builder::new()
-        .name("checkpointer".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(e) = checkpointer.checkpoint() {
-                    log::warn!("checkpoint: {e}");
-                }
-            }
-        })?;
+    store::spawn_checkpointer(config.clone(), store.health())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

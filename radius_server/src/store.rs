@@ -1,0 +1,435 @@
+//! The daemon's hold on its store: how it fails closed while the store is broken and
+//! serves again, without a restart, once the fault is cleared.
+//!
+//! Before each batch the writer checks that the store file is still the one it opened
+//! (same device and inode) and still starts with SQLite's header; after any failure but a
+//! lock held past the busy timeout it closes the store, and the next batch opens it again.
+//! So a deleted, replaced, truncated or overwritten file, a filesystem gone read-only or a
+//! full disk rejects the requests of the moment, each with one log line naming the cause
+//! in words an operator can act on, and the first request after the fault is cleared is
+//! served. A failed batch never commits, so it never consumes a code.
+//!
+//! The checkpointer's connection follows the writer's: it is closed while the writer has
+//! none (so that nothing of the daemon's holds a broken filesystem busy, or copies an old
+//! log into a restored file) and opened again after the writer's.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sparekey::config::Location;
+use sparekey::{Attempt, Config, Error, Store, Verdict};
+
+use crate::writer::Verify;
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// How often the checkpointer folds the log into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// What the writer tells the checkpointer: which opening of the store is current.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The number of the writer's current opening of the store; 0 while it has none.
+    generation: AtomicU64,
+}
+
+/// The writer's store: opened, checked before each batch, closed after a failure and
+/// opened again when the next batch comes.
+#[derive(Debug)]
+pub struct StoreHandle {
+    config: Config,
+    open: Option<Opened>,
+    opened: u64,
+    health: Arc<Health>,
+}
+
+#[derive(Debug)]
+struct Opened {
+    store: Store,
+    watch: Option<Watch>,
+}
+
+impl Opened {
+    fn open(config: &Config) -> Result<Opened, Error> {
+        let watch = match config.location() {
+            Location::Sqlite(path) => Some(Watch::open(path).map_err(|c| fault(path, &c))?),
+            Location::Postgres(_) => None,
+        };
+        let store = Store::open(config).map_err(|e| explain(config, e))?;
+        Ok(Opened { store, watch })
+    }
+}
+
+impl StoreHandle {
+    /// Opens the store a config names, for the writer. An error names the cause in one
+    /// line (a missing or corrupt file, a read-only filesystem, the key file, ...).
+    pub fn open(config: &Config) -> Result<StoreHandle, Error> {
+        let mut h = StoreHandle {
+            config: config.clone(),
+            open: None,
+            opened: 0,
+            health: Arc::new(Health::default()),
+        };
+        h.reopen()?;
+        Ok(h)
+    }
+
+    /// What the checkpointer watches.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    fn reopen(&mut self) -> Result<&mut Opened, Error> {
+        self.close();
+        let mut o = Opened::open(&self.config)?;
+        // The writer never stops to checkpoint in the middle of a batch: the checkpointer's
+        // connection does it.
+        o.store
+            .defer_checkpoints()
+            .map_err(|e| explain(&self.config, e))?;
+        self.opened += 1;
+        self.health.generation.store(self.opened, Ordering::SeqCst);
+        if self.opened > 1 {
+            log::warn!("store {}: opened again; serving", self.config.location());
+        }
+        Ok(self.open.insert(o))
+    }
+
+    fn close(&mut self) {
+        if self.open.take().is_some() {
+            self.health.generation.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// The store, checked and ready for a batch, or why not.
+    fn ready(&mut self) -> Result<&mut Opened, Error> {
+        let check = match &self.open {
+            None => None,
+            Some(o) => Some(o.watch.as_ref().map_or(Ok(()), Watch::check)),
+        };
+        match check {
+            Some(Ok(())) => {}
+            Some(Err(Changed::Replaced)) => {
+                // A restored backup is a legitimate store: open the new file.
+                log::warn!(
+                    "store {}: the file was replaced; opening the new one",
+                    self.config.location()
+                );
+                self.close();
+            }
+            Some(Err(Changed::Broken(cause))) => {
+                self.close();
+                return Err(fault(&self.config.store.path, &cause));
+            }
+            None => {}
+        }
+        match self.open {
+            Some(ref mut o) => Ok(o),
+            None => self.reopen(),
+        }
+    }
+}
+
+impl Verify for StoreHandle {
+    fn verify_many(
+        &mut self,
+        attempts: &[Attempt<'_>],
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+        let opened = self.ready()?;
+        let failed = match opened.store.verify_many(attempts) {
+            Ok(results) if results.iter().all(Result::is_ok) => return Ok(results),
+            Ok(results) => Ok(results
+                .into_iter()
+                .map(|r| r.map_err(|e| explain(&self.config, e)))
+                .collect::<Vec<_>>()),
+            Err(e) => Err(explain(&self.config, e)),
+        };
+        // A lock held by another process clears by itself and leaves the connection sound;
+        // any other failure may have left it in a state not worth trusting.
+        let only_locked = match &failed {
+            Ok(results) => results.iter().all(|r| r.is_ok() || is_locked(r)),
+            Err(e) => is_locked_error(e),
+        };
+        if !only_locked {
+            self.close();
+        }
+        failed
+    }
+}
+
+fn is_locked(r: &sparekey::Result<Verdict>) -> bool {
+    r.as_ref().err().is_some_and(is_locked_error)
+}
+
+fn is_locked_error(e: &Error) -> bool {
+    matches!(e, Error::Store(m) if m.contains(LOCKED))
+}
+
+/// How a file can differ from the one opened.
+#[derive(Debug)]
+enum Changed {
+    /// Another file now has the name: reopen.
+    Replaced,
+    /// The file is gone or no longer a database.
+    Broken(String),
+}
+
+/// The store file as opened: its identity, and a descriptor to read its header through.
+#[derive(Debug)]
+struct Watch {
+    path: PathBuf,
+    file: File,
+    dev: u64,
+    ino: u64,
+}
+
+impl Watch {
+    fn open(path: &Path) -> Result<Watch, String> {
+        let file = File::open(path).map_err(|e| io_cause(&e))?;
+        let meta = file.metadata().map_err(|e| io_cause(&e))?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        check_header(&file)?;
+        Ok(Watch {
+            path: path.to_owned(),
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Two system calls: is the name still this file, and does it still start like SQLite.
+    fn check(&self) -> Result<(), Changed> {
+        let meta = std::fs::metadata(&self.path).map_err(|e| Changed::Broken(io_cause(&e)))?;
+        if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
+            return Err(Changed::Replaced);
+        }
+        check_header(&self.file).map_err(Changed::Broken)
+    }
+}
+
+fn check_header(file: &File) -> Result<(), String> {
+    let mut head = [0u8; 16];
+    match file.read_exact_at(&mut head, 0) {
+        Ok(()) if &head == SQLITE_MAGIC => Ok(()),
+        Ok(()) => Err(format!("{CORRUPT} (not a SQLite database)")),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            Err(if len == 0 {
+                format!("{CORRUPT} (empty file)")
+            } else {
+                format!("{CORRUPT} (truncated to {len} bytes)")
+            })
+        }
+        Err(e) => Err(io_cause(&e)),
+    }
+}
+
+fn io_cause(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::NotFound => "missing (no such file)".into(),
+        ErrorKind::ReadOnlyFilesystem => READ_ONLY.into(),
+        ErrorKind::StorageFull => FULL.into(),
+        _ => format!("I/O error ({e})"),
+    }
+}
+
+const LOCKED: &str = "locked by another process past the busy timeout";
+const FULL: &str = "disk full";
+const READ_ONLY: &str = "read-only filesystem";
+const CORRUPT: &str = "corrupt";
+
+fn fault(path: &Path, cause: &str) -> Error {
+    Error::Store(format!("{}: {cause}", path.display()))
+}
+
+/// Turns a store error into one that names its cause plainly. SQLite's own words are kept
+/// where they are already plain; a bare "disk I/O error" is looked into, since a
+/// filesystem gone read-only reports itself that way.
+pub fn explain(config: &Config, e: Error) -> Error {
+    let Error::Store(text) = &e else { return e };
+    let sqlite = match config.location() {
+        Location::Sqlite(p) => p,
+        Location::Postgres(_) => return e,
+    };
+    let t = text.to_ascii_lowercase();
+    let cause = if t.contains("database is locked") || t.contains("database table is locked") {
+        format!("{LOCKED} ({} ms)", config.store.busy_timeout_ms)
+    } else if t.contains("database or disk is full") {
+        FULL.into()
+    } else if t.contains("file is not a database") {
+        format!("{CORRUPT} (not a SQLite database)")
+    } else if t.contains("malformed") {
+        format!("{CORRUPT} (database disk image is malformed)")
+    } else if t.contains("no such file") {
+        "missing (no such file)".into()
+    } else if t.contains("readonly")
+        || t.contains("disk i/o error")
+        || t.contains("unable to open database file")
+    {
+        match probe_write(sqlite) {
+            Some(cause) => cause,
+            None if t.contains("readonly") => "read-only (cannot write the database)".into(),
+            None => format!("I/O error ({})", strip(text, sqlite)),
+        }
+    } else {
+        return e;
+    };
+    fault(sqlite, &cause)
+}
+
+/// Why the database file cannot be opened for writing, if that is so. Opens without
+/// creating or truncating, and closes at once.
+fn probe_write(path: &Path) -> Option<String> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(_) => None,
+        Err(e) if e.kind() == ErrorKind::ReadOnlyFilesystem => Some(READ_ONLY.into()),
+        Err(e) => Some(io_cause(&e)),
+    }
+}
+
+/// The library's message without its `path: ` prefix, for wrapping in ours.
+fn strip<'a>(text: &'a str, path: &Path) -> &'a str {
+    let p = format!("{}: ", path.display());
+    text.strip_prefix(&p).unwrap_or(text)
+}
+
+/// Starts the thread that checkpoints the store's log once a second on a connection of
+/// its own, following the writer's: none while the writer has none, a fresh one after
+/// the writer opens the store again. Its failures are logged once each, not every second.
+pub fn spawn_checkpointer(config: Config, health: Arc<Health>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("checkpointer".into())
+        .spawn(move || {
+            let mut conn: Option<(u64, Opened)> = None;
+            let mut last_error: Option<String> = None;
+            loop {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                let generation = health.generation.load(Ordering::SeqCst);
+                if conn.as_ref().is_some_and(|(g, _)| *g != generation) || generation == 0 {
+                    conn = None;
+                }
+                if generation == 0 {
+                    continue;
+                }
+                let result = match conn {
+                    Some((_, ref mut o)) => checkpoint(&config, o),
+                    None => Opened::open(&config).and_then(|mut o| {
+                        let r = checkpoint(&config, &mut o);
+                        conn = Some((generation, o));
+                        r
+                    }),
+                };
+                match result {
+                    Ok(()) => last_error = None,
+                    Err(e) => {
+                        conn = None;
+                        let e = e.to_string();
+                        if last_error.as_ref() != Some(&e) {
+                            log::warn!("checkpoint: {e}");
+                            last_error = Some(e);
+                        }
+                    }
+                }
+            }
+        })
+}
+
+fn checkpoint(config: &Config, o: &mut Opened) -> Result<(), Error> {
+    if let Some(w) = &o.watch {
+        match w.check() {
+            Ok(()) => {}
+            Err(Changed::Replaced) => {
+                return Err(fault(&config.store.path, "replaced; not checkpointed"));
+            }
+            Err(Changed::Broken(cause)) => return Err(fault(&config.store.path, &cause)),
+        }
+    }
+    o.store.checkpoint().map_err(|e| explain(config, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let text =
+            "[store]\npath = \"sparekey.db\"\nkey_file = \"sparekey.key\"\nbusy_timeout_ms = 250\n";
+        let file = dir.join("sparekey.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::load(&file).unwrap()
+    }
+
+    #[test]
+    fn sqlite_messages_become_plain_causes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        let db = c.store.path.display().to_string();
+        std::fs::write(&c.store.path, b"").unwrap();
+        for (text, cause) in [
+            (
+                "database is locked",
+                "locked by another process past the busy timeout (250 ms)",
+            ),
+            ("database or disk is full", "disk full"),
+            ("file is not a database", "corrupt (not a SQLite database)"),
+            (
+                "database disk image is malformed",
+                "corrupt (database disk image is malformed)",
+            ),
+        ] {
+            let e = explain(&c, Error::Store(format!("{db}: {text}")));
+            assert_eq!(e.to_string(), format!("store: {db}: {cause}"));
+        }
+        let e = explain(&c, Error::Store(format!("{db}: disk I/O error")));
+        assert_eq!(
+            e.to_string(),
+            format!("store: {db}: I/O error (disk I/O error)")
+        );
+        let other = explain(&c, Error::Store("unknown username_normalization".into()));
+        assert_eq!(other.to_string(), "store: unknown username_normalization");
+        std::fs::remove_file(&c.store.path).unwrap();
+        let e = explain(
+            &c,
+            Error::Store(format!("{db}: unable to open database file")),
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("store: {db}: missing (no such file)")
+        );
+    }
+
+    #[test]
+    fn the_watch_sees_a_file_replaced_emptied_or_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        assert_eq!(Watch::open(&db).unwrap_err(), "missing (no such file)");
+        let mut bytes = SQLITE_MAGIC.to_vec();
+        bytes.resize(4096, 0);
+        std::fs::write(&db, &bytes).unwrap();
+        let w = Watch::open(&db).unwrap();
+        w.check().unwrap();
+        std::fs::write(&db, b"").unwrap();
+        assert!(matches!(w.check(), Err(Changed::Broken(c)) if c == "corrupt (empty file)"));
+        std::fs::write(&db, b"SQLite").unwrap();
+        assert!(matches!(w.check(), Err(Changed::Broken(c)) if c.contains("truncated to 6 bytes")));
+        std::fs::write(&db, [7u8; 4096]).unwrap();
+        assert!(
+            matches!(w.check(), Err(Changed::Broken(c)) if c.contains("not a SQLite database"))
+        );
+        let other = dir.path().join("other");
+        std::fs::write(&other, &bytes).unwrap();
+        std::fs::rename(&other, &db).unwrap();
+        assert!(matches!(w.check(), Err(Changed::Replaced)));
+        std::fs::remove_file(&db).unwrap();
+        assert!(matches!(w.check(), Err(Changed::Broken(c)) if c.starts_with("missing")));
+    }
+}
