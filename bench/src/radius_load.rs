@@ -188,9 +188,10 @@ pub fn run(cfg: &LoadConfig) -> std::io::Result<Report> {
     run_inner(cfg, None)
 }
 
-/// Like [`run`], but every worker also stops, abandoning what it has in flight, soon
-/// (within about 20 ms) after `stop` becomes true. A server that goes away in the middle
-/// of a run costs retransmissions and lost requests, never an error.
+/// Like [`run`], but every worker also stops soon (within about 20 ms) after `stop` becomes
+/// true: it counts the answers already waiting in its socket, then abandons what is still
+/// in flight. A server that goes away in the middle of a run costs retransmissions and
+/// lost requests, never an error.
 pub fn run_until(cfg: &LoadConfig, stop: &Arc<AtomicBool>) -> std::io::Result<Report> {
     run_inner(cfg, Some(stop))
 }
@@ -257,6 +258,17 @@ fn worker(
     let mut buf = [0u8; 4096];
     loop {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            // Answers already here count: a server killed just now did send them. The
+            // socket's buffer holds a bounded number of datagrams.
+            sock.set_nonblocking(true)?;
+            for _ in 0..65_536 {
+                match sock.recv(&mut buf) {
+                    Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
             r.abandoned += in_flight as u64;
             break;
         }
@@ -339,37 +351,7 @@ fn worker(
         }
         sock.set_read_timeout(Some(wait))?;
         match sock.recv(&mut buf) {
-            Ok(n) => {
-                let id = usize::from(buf[1]);
-                let Some(f) = slots[id].take() else { continue };
-                in_flight -= 1;
-                r.answered += 1;
-                r.latencies_us.push(f.started.elapsed().as_micros() as u64);
-                match client::check_reply_with(
-                    &buf[..n],
-                    &f.request,
-                    &cfg.secret,
-                    cfg.require_reply_message_authenticator,
-                ) {
-                    Ok(got) => {
-                        if got == Reply::Accept {
-                            r.accepts += 1;
-                            if let Some(i) = f.entry {
-                                if r.accepts_per_user.len() <= i {
-                                    r.accepts_per_user.resize(cfg.users.len(), 0);
-                                }
-                                r.accepts_per_user[i] += 1;
-                            }
-                        } else {
-                            r.rejects += 1;
-                        }
-                        if got != f.expect {
-                            r.unexpected += 1;
-                        }
-                    }
-                    Err(_) => r.bad_replies += 1,
-                }
-            }
+            Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -381,6 +363,49 @@ fn worker(
     }
     r.elapsed = start.elapsed().as_secs_f64();
     Ok(r)
+}
+
+/// Matches a datagram with the request it answers (by identifier), checks it and counts
+/// it. A datagram for no request in flight (a late answer to a retransmitted one) is
+/// ignored.
+fn take_reply(
+    cfg: &LoadConfig,
+    reply: &[u8],
+    slots: &mut [Option<InFlight>],
+    in_flight: &mut usize,
+    r: &mut Report,
+) {
+    let Some(&id) = reply.get(1) else { return };
+    let Some(f) = slots[usize::from(id)].take() else {
+        return;
+    };
+    *in_flight -= 1;
+    r.answered += 1;
+    r.latencies_us.push(f.started.elapsed().as_micros() as u64);
+    match client::check_reply_with(
+        reply,
+        &f.request,
+        &cfg.secret,
+        cfg.require_reply_message_authenticator,
+    ) {
+        Ok(got) => {
+            if got == Reply::Accept {
+                r.accepts += 1;
+                if let Some(i) = f.entry {
+                    if r.accepts_per_user.len() <= i {
+                        r.accepts_per_user.resize(cfg.users.len(), 0);
+                    }
+                    r.accepts_per_user[i] += 1;
+                }
+            } else {
+                r.rejects += 1;
+            }
+            if got != f.expect {
+                r.unexpected += 1;
+            }
+        }
+        Err(_) => r.bad_replies += 1,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
