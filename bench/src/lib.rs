@@ -7,3 +7,4 @@
 pub mod null;
 pub mod radius_load;
 pub mod setup;
+pub mod timing;

@@ -2,7 +2,8 @@
 //!
 //! - `load`: drive any RADIUS server with PAP requests and report rate and latency;
 //! - `setup`: make benchmark users for sparekey-radiusd and FreeRADIUS;
-//! - `null-responder`: sparekey-radiusd's packet handling with no store (the ceiling).
+//! - `null-responder`: sparekey-radiusd's packet handling with no store (the ceiling);
+//! - `timing-setup`, `timing`: reject response times by case, with two-sample tests.
 
 #![forbid(unsafe_code)]
 
@@ -93,6 +94,57 @@ enum Command {
         #[arg(long)]
         users: PathBuf,
     },
+    /// Make users for `timing`: many per case (unknown, wrong code, disabled, locked out,
+    /// not enrolled, bypass, valid), a store, and timing-users.csv
+    TimingSetup {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Distinct users per case
+        #[arg(long, default_value_t = 2000)]
+        per_case: usize,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        secret: String,
+        /// The store's synchronous setting: full or normal
+        #[arg(long, default_value = "full")]
+        synchronous: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Time rejects by case, one request in flight, cases interleaved at random; print
+    /// each case's distribution and two-sample tests (KS, Mann-Whitney) for every pair
+    Timing {
+        /// The server, IP:port
+        #[arg(long)]
+        server: SocketAddr,
+        /// The shared secret
+        #[arg(long)]
+        secret: String,
+        /// timing-users.csv from timing-setup
+        #[arg(long)]
+        users: PathBuf,
+        /// Measured requests per case
+        #[arg(long, default_value_t = 20_000)]
+        samples: usize,
+        /// Requests sent first and not measured
+        #[arg(long, default_value_t = 2_000)]
+        warmup: usize,
+        /// Cases, comma-separated (default: all)
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<String>,
+        /// Milliseconds to wait for an answer before counting the request lost
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write every sample as `case,nanoseconds` lines to this file
+        #[arg(long)]
+        raw: Option<PathBuf>,
+        /// The server's config: after the run, count the audited reasons in its store
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,7 +217,92 @@ fn main() -> anyhow::Result<()> {
             secret,
             users,
         } => null_responder(listen, secret, users),
+        Command::TimingSetup {
+            dir,
+            per_case,
+            listen,
+            secret,
+            synchronous,
+            seed,
+        } => {
+            sparekey_bench::timing::setup(&dir, per_case, &listen, &secret, &synchronous, seed)?;
+            Ok(())
+        }
+        Command::Timing {
+            server,
+            secret,
+            users,
+            samples,
+            warmup,
+            cases,
+            timeout_ms,
+            seed,
+            raw,
+            config,
+        } => timing(
+            server, secret, users, samples, warmup, cases, timeout_ms, seed, raw, config,
+        ),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn timing(
+    server: SocketAddr,
+    secret: String,
+    users: PathBuf,
+    samples: usize,
+    warmup: usize,
+    cases: Vec<String>,
+    timeout_ms: u64,
+    seed: u64,
+    raw: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use sparekey_bench::timing::{self, Case, TimingConfig};
+    let cases = if cases.is_empty() {
+        Case::ALL.to_vec()
+    } else {
+        cases
+            .iter()
+            .map(|c| Case::parse(c).ok_or_else(|| anyhow::anyhow!("unknown case {c}")))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let cfg = TimingConfig {
+        server,
+        secret: secret.into_bytes(),
+        targets: timing::read_targets(&users)?,
+        cases,
+        samples,
+        warmup,
+        timeout: Duration::from_millis(timeout_ms),
+        seed,
+    };
+    let s = timing::run(&cfg)?;
+    print!("{}", timing::report(&s));
+    if let Some(path) = raw {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        writeln!(f, "case,ns")?;
+        for (case, v) in &s.by_case {
+            for x in v {
+                writeln!(f, "{},{x}", case.as_str())?;
+            }
+        }
+        f.flush()?;
+    }
+    if let Some(path) = config {
+        let config = sparekey::Config::load(&path)?;
+        let counts = timing::audit_reasons(&config)?;
+        let line: Vec<String> = counts.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        println!(
+            "audited (radius auth events, warm-up included): {}",
+            line.join(" ")
+        );
+    }
+    if s.lost > 0 || s.unexpected > 0 {
+        anyhow::bail!("{} lost, {} unexpected answers", s.lost, s.unexpected);
+    }
+    Ok(())
 }
 
 fn null_responder(listen: SocketAddr, secret: String, users: PathBuf) -> anyhow::Result<()> {
