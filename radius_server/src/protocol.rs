@@ -1,19 +1,20 @@
 //! RADIUS over bytes, with no socket in sight: decode and check a request, and encode a
 //! reply. The UDP loop only moves datagrams through these functions.
 //!
-//! Packets and attributes go through the `radius` crate's codec; the checks it does not
-//! make are here: Message-Authenticator on requests (RFC 3579, HMAC-MD5), first in every
-//! reply (the BlastRADIUS fix, CVE-2024-3596), and the response authenticator computed
-//! over the final attributes.
+//! A request is read in one pass over the datagram, without copying it into a list of
+//! attributes: only the few attributes the server uses are looked at (User-Name,
+//! User-Password, Calling-Station-Id, NAS-Identifier, NAS-IP-Address, NAS-IPv6-Address,
+//! Proxy-State and Message-Authenticator). The checks are RFC 2865's framing, the
+//! Message-Authenticator on requests (RFC 3579, HMAC-MD5), and a reply whose first
+//! attribute is a Message-Authenticator (the BlastRADIUS fix, CVE-2024-3596), with the
+//! response authenticator computed over the final attributes.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use hmac::{KeyInit, Mac};
 use md5::{Digest, Md5};
-use radius::core::avp::AVP;
-use radius::core::code::Code;
-use radius::core::packet::Packet;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
-
-use crate::client::{hmac_md5, hmac_md5_parts};
 
 /// Largest RADIUS packet (RFC 2865 section 3).
 pub const MAX_PACKET: usize = 4096;
@@ -27,7 +28,11 @@ const PROXY_STATE: u8 = 33;
 const MESSAGE_AUTHENTICATOR: u8 = 80;
 const NAS_IPV6_ADDRESS: u8 = 95;
 const ACCESS_REQUEST: u8 = 1;
+const ACCESS_ACCEPT: u8 = 2;
+const ACCESS_REJECT: u8 = 3;
 const STATUS_SERVER: u8 = 12;
+/// Longest User-Password value (RFC 2865 section 5.2).
+const MAX_PASSWORD: usize = 128;
 
 /// Why a datagram gets no answer. Each is counted; none is told to the sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +62,45 @@ impl Drop {
     }
 }
 
+/// A client's shared secret, with what every packet needs from it computed once: the
+/// HMAC-MD5 key schedule (the inner and outer padded keys) and the MD5 state after the
+/// secret, which hides User-Password. Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct SharedSecret {
+    secret: Zeroizing<Vec<u8>>,
+    hmac: hmac::Hmac<Md5>,
+    md5: Md5,
+}
+
+impl SharedSecret {
+    /// Prepares `secret` for use.
+    pub fn new(secret: &[u8]) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let hmac =
+            <hmac::Hmac<Md5> as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+        SharedSecret {
+            secret: Zeroizing::new(secret.to_vec()),
+            hmac,
+            md5: Md5::new().chain_update(secret),
+        }
+    }
+
+    /// HMAC-MD5 over the concatenation of `parts`.
+    fn hmac(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut mac = self.hmac.clone();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSecret(<redacted>)")
+    }
+}
+
 /// A PAP login: the whole password is the code.
 #[derive(Debug)]
 pub struct Login {
@@ -65,9 +109,9 @@ pub struct Login {
     /// The decrypted User-Password; `None` for CHAP, EAP and other methods, which hashed
     /// codes cannot serve.
     pub password: Option<Zeroizing<String>>,
-    /// Calling-Station-Id.
+    /// Calling-Station-Id, sanitized.
     pub station: Option<String>,
-    /// NAS-Identifier, else NAS-IP-Address or NAS-IPv6-Address.
+    /// NAS-Identifier (sanitized), else NAS-IP-Address or NAS-IPv6-Address.
     pub nas: Option<String>,
 }
 
@@ -80,28 +124,82 @@ pub enum Kind {
     Status,
 }
 
+/// What a reply needs from its request: identifier, request authenticator, and the
+/// Proxy-State attributes to copy back.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    identifier: u8,
+    authenticator: [u8; 16],
+    /// The request's Proxy-State attributes as they arrived (type, length and value), in
+    /// order: they go into the reply unchanged. Empty (and unallocated) when there are none.
+    proxy_states: Vec<u8>,
+}
+
+impl ReplyTo {
+    /// The packet identifier.
+    pub fn identifier(&self) -> u8 {
+        self.identifier
+    }
+
+    /// The request authenticator.
+    pub fn authenticator(&self) -> &[u8; 16] {
+        &self.authenticator
+    }
+}
+
 /// A request that passed every check.
 #[derive(Debug)]
 pub struct Request {
     /// Access or Status.
     pub kind: Kind,
-    /// The decoded packet, kept to build the reply from.
-    packet: Packet,
-    /// Proxy-State attributes, in order, to copy into the reply.
-    proxy_states: Vec<Vec<u8>>,
+    /// What the reply is built from.
+    pub reply_to: ReplyTo,
 }
 
 impl Request {
     /// The packet identifier.
     pub fn identifier(&self) -> u8 {
-        self.packet.get_identifier()
+        self.reply_to.identifier
     }
 }
 
-/// Decodes and checks one datagram from a known client.
+/// Decodes and checks one datagram from a known client, with its secret as bytes.
+/// [`decode`] does the same with the secret prepared once per client.
 pub fn parse(
     datagram: &[u8],
     secret: &[u8],
+    require_message_authenticator: bool,
+) -> Result<Request, Drop> {
+    decode(
+        datagram,
+        &SharedSecret::new(secret),
+        require_message_authenticator,
+    )
+}
+
+/// The attributes the server reads, as slices of the datagram: the first of each kind,
+/// how many User-Name and User-Password attributes there were, and where the
+/// Message-Authenticator's value is.
+#[derive(Default)]
+struct Seen<'a> {
+    user_names: usize,
+    user_name: &'a [u8],
+    passwords: usize,
+    password: &'a [u8],
+    station: Option<&'a [u8]>,
+    nas_identifier: Option<&'a [u8]>,
+    nas_ip: Option<&'a [u8]>,
+    nas_ipv6: Option<&'a [u8]>,
+    message_authenticator: Option<usize>,
+    /// A Message-Authenticator of the wrong length, or more than one.
+    bad_message_authenticator: bool,
+    proxy_states: Vec<u8>,
+}
+
+/// Decodes and checks one datagram from a known client.
+pub fn decode(
+    datagram: &[u8],
+    secret: &SharedSecret,
     require_message_authenticator: bool,
 ) -> Result<Request, Drop> {
     if datagram.len() < HEADER || datagram.len() > MAX_PACKET {
@@ -117,46 +215,91 @@ pub fn parse(
     if code != ACCESS_REQUEST && code != STATUS_SERVER {
         return Err(Drop::UnsupportedCode);
     }
-    let packet = Packet::decode(bytes, secret).map_err(|_| Drop::Malformed)?;
+    let seen = attributes(bytes)?;
+    if seen.bad_message_authenticator {
+        return Err(Drop::Malformed);
+    }
     check_message_authenticator(
         bytes,
+        seen.message_authenticator,
         secret,
         require_message_authenticator || code == STATUS_SERVER,
     )?;
-    let proxy_states = packet
-        .lookup_all(PROXY_STATE)
-        .into_iter()
-        .map(AVP::encode_bytes)
-        .collect();
+    let mut authenticator = [0u8; 16];
+    authenticator.copy_from_slice(&bytes[4..HEADER]);
     let kind = if code == STATUS_SERVER {
         Kind::Status
     } else {
-        Kind::Access(login(&packet, secret)?)
+        Kind::Access(login(&seen, secret, &authenticator)?)
     };
     Ok(Request {
         kind,
-        packet,
-        proxy_states,
+        reply_to: ReplyTo {
+            identifier: bytes[1],
+            authenticator,
+            proxy_states: seen.proxy_states,
+        },
     })
 }
 
-/// Verifies the Message-Authenticator: HMAC-MD5 over the packet with the attribute's
-/// value zeroed, compared in constant time.
-fn check_message_authenticator(bytes: &[u8], secret: &[u8], required: bool) -> Result<(), Drop> {
-    let mut found = None;
+/// Walks the attributes once. They must tile the packet exactly, each at least two octets
+/// long (RFC 2865 section 5).
+fn attributes(bytes: &[u8]) -> Result<Seen<'_>, Drop> {
+    let mut seen = Seen::default();
     let mut i = HEADER;
-    // `Packet::decode` has checked that the attributes tile the packet exactly.
-    while i + 1 < bytes.len() {
-        let (typ, len) = (bytes[i], usize::from(bytes[i + 1]));
-        if typ == MESSAGE_AUTHENTICATOR {
-            if len != 18 || found.is_some() {
-                return Err(Drop::Malformed);
-            }
-            found = Some(i + 2);
+    while i < bytes.len() {
+        if bytes.len() - i < 2 {
+            return Err(Drop::Malformed);
         }
-        i += len.max(2);
+        let (typ, n) = (bytes[i], usize::from(bytes[i + 1]));
+        if n < 2 || n > bytes.len() - i {
+            return Err(Drop::Malformed);
+        }
+        let value = &bytes[i + 2..i + n];
+        match typ {
+            USER_NAME => {
+                seen.user_names += 1;
+                seen.user_name = value;
+            }
+            USER_PASSWORD => {
+                seen.passwords += 1;
+                seen.password = value;
+            }
+            CALLING_STATION_ID => {
+                seen.station.get_or_insert(value);
+            }
+            NAS_IDENTIFIER => {
+                seen.nas_identifier.get_or_insert(value);
+            }
+            NAS_IP_ADDRESS => {
+                seen.nas_ip.get_or_insert(value);
+            }
+            NAS_IPV6_ADDRESS => {
+                seen.nas_ipv6.get_or_insert(value);
+            }
+            PROXY_STATE => seen.proxy_states.extend_from_slice(&bytes[i..i + n]),
+            MESSAGE_AUTHENTICATOR => {
+                if n != 18 || seen.message_authenticator.is_some() {
+                    seen.bad_message_authenticator = true;
+                }
+                seen.message_authenticator = Some(i + 2);
+            }
+            _ => {}
+        }
+        i += n;
     }
-    let Some(at) = found else {
+    Ok(seen)
+}
+
+/// Verifies the Message-Authenticator at `at` (its value's offset): HMAC-MD5 over the
+/// packet with the value zeroed, compared in constant time.
+fn check_message_authenticator(
+    bytes: &[u8],
+    at: Option<usize>,
+    secret: &SharedSecret,
+    required: bool,
+) -> Result<(), Drop> {
+    let Some(at) = at else {
         return if required {
             Err(Drop::NoMessageAuthenticator)
         } else {
@@ -164,7 +307,7 @@ fn check_message_authenticator(bytes: &[u8], secret: &[u8], required: bool) -> R
         };
     };
     // The HMAC covers the packet with the attribute's value as zeros; no copy is made.
-    let expected = hmac_md5_parts(secret, &[&bytes[..at], &[0; 16], &bytes[at + 16..]]);
+    let expected = secret.hmac(&[&bytes[..at], &[0; 16], &bytes[at + 16..]]);
     if bool::from(expected.ct_eq(&bytes[at..at + 16])) {
         Ok(())
     } else {
@@ -172,50 +315,66 @@ fn check_message_authenticator(bytes: &[u8], secret: &[u8], required: bool) -> R
     }
 }
 
-fn text(p: &Packet, typ: u8) -> Option<String> {
-    p.lookup(typ)
-        .map(|a| sparekey::audit::sanitize(&String::from_utf8_lossy(&a.encode_bytes()), 253))
+fn text(value: &[u8]) -> String {
+    sparekey::audit::sanitize(&String::from_utf8_lossy(value), 253)
 }
 
-fn login(p: &Packet, secret: &[u8]) -> Result<Login, Drop> {
-    let names = p.lookup_all(USER_NAME);
-    if names.len() != 1 || names[0].encode_bytes().is_empty() {
+fn login(seen: &Seen<'_>, secret: &SharedSecret, authenticator: &[u8; 16]) -> Result<Login, Drop> {
+    if seen.user_names != 1 || seen.user_name.is_empty() {
         return Err(Drop::Malformed);
     }
-    let user_name = String::from_utf8_lossy(&names[0].encode_bytes()).into_owned();
-    let passwords = p.lookup_all(USER_PASSWORD);
-    let password = match passwords.as_slice() {
-        [] => None,
-        [one] => {
-            let raw = one.encode_bytes();
-            if raw.len() < 16 || raw.len() > 128 || raw.len() % 16 != 0 {
-                return Err(Drop::BadUserPassword);
-            }
-            let plain = Zeroizing::new(
-                one.encode_user_password(secret, p.get_authenticator())
-                    .map_err(|_| Drop::BadUserPassword)?,
-            );
-            Some(Zeroizing::new(String::from_utf8_lossy(&plain).into_owned()))
-        }
+    let password = match seen.passwords {
+        0 => None,
+        1 => Some(unhide_password(seen.password, secret, authenticator)?),
         _ => return Err(Drop::Malformed),
     };
-    let nas = text(p, NAS_IDENTIFIER)
-        .or_else(|| {
-            p.lookup(NAS_IP_ADDRESS)
-                .and_then(|a| a.encode_ipv4().ok())
-                .map(|ip| ip.to_string())
-        })
-        .or_else(|| {
-            p.lookup(NAS_IPV6_ADDRESS)
-                .and_then(|a| a.encode_ipv6().ok())
-                .map(|ip| ip.to_string())
-        });
+    let nas = seen.nas_identifier.map(text).or_else(|| {
+        seen.nas_ip
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(|b| Ipv4Addr::from(b).to_string())
+            .or_else(|| {
+                seen.nas_ipv6
+                    .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                    .map(|b| Ipv6Addr::from(b).to_string())
+            })
+    });
     Ok(Login {
-        user_name,
+        user_name: String::from_utf8_lossy(seen.user_name).into_owned(),
         password,
-        station: text(p, CALLING_STATION_ID),
+        station: seen.station.map(text),
         nas,
     })
+}
+
+/// Recovers a User-Password (RFC 2865 section 5.2): each 16-octet block is XORed with
+/// MD5(secret || previous ciphertext block), the first with the request authenticator;
+/// the password ends at the first NUL of the padding.
+fn unhide_password(
+    hidden: &[u8],
+    secret: &SharedSecret,
+    authenticator: &[u8; 16],
+) -> Result<Zeroizing<String>, Drop> {
+    if hidden.len() < 16
+        || hidden.len() > MAX_PASSWORD
+        || hidden.len() % 16 != 0
+        || secret.secret.is_empty()
+    {
+        return Err(Drop::BadUserPassword);
+    }
+    let mut plain = Zeroizing::new([0u8; MAX_PASSWORD]);
+    let mut previous: &[u8] = authenticator;
+    for (i, block) in hidden.chunks_exact(16).enumerate() {
+        let key = secret.md5.clone().chain_update(previous).finalize();
+        for (j, (c, k)) in block.iter().zip(key.iter()).enumerate() {
+            plain[i * 16 + j] = c ^ k;
+        }
+        previous = block;
+    }
+    let plain = &plain[..hidden.len()];
+    let end = plain.iter().position(|b| *b == 0).unwrap_or(plain.len());
+    Ok(Zeroizing::new(
+        String::from_utf8_lossy(&plain[..end]).into_owned(),
+    ))
 }
 
 /// The answer to send.
@@ -227,39 +386,49 @@ pub enum Answer {
     Reject,
 }
 
-/// Encodes the reply to `req`: Message-Authenticator first, then the request's Proxy-State
-/// attributes in order, and nothing that says why.
+/// Encodes the reply to `req` with the secret as bytes; see [`encode_reply`].
 pub fn reply(req: &Request, answer: Answer, secret: &[u8]) -> Vec<u8> {
-    let code = match answer {
-        Answer::Accept => Code::AccessAccept,
-        Answer::Reject => Code::AccessReject,
-    };
-    let mut p = req.packet.make_response_packet(code);
-    p.add(AVP::from_bytes(MESSAGE_AUTHENTICATOR, &[0; 16]));
-    for s in &req.proxy_states {
-        p.add(AVP::from_bytes(PROXY_STATE, s));
-    }
-    // The request fitted in 4096 octets and the reply carries fewer attributes, so
-    // encoding cannot run out of room; if it ever did, an empty reply is dropped.
-    let Ok(mut bytes) = p.encode() else {
+    encode_reply(&req.reply_to, answer, &SharedSecret::new(secret))
+}
+
+/// Encodes a reply: Message-Authenticator first, then the request's Proxy-State
+/// attributes in order, and nothing that says why. A reply that would not fit in a
+/// RADIUS packet (a request without a Message-Authenticator and nearly 4096 octets of
+/// Proxy-State) comes back empty, and an empty reply is not sent.
+pub fn encode_reply(to: &ReplyTo, answer: Answer, secret: &SharedSecret) -> Vec<u8> {
+    let len = HEADER + 18 + to.proxy_states.len();
+    if len > MAX_PACKET {
         return Vec::new();
+    }
+    let code = match answer {
+        Answer::Accept => ACCESS_ACCEPT,
+        Answer::Reject => ACCESS_REJECT,
     };
-    let request_authenticator = req.packet.get_authenticator();
-    bytes[4..HEADER].copy_from_slice(request_authenticator);
-    let ma = hmac_md5(secret, &bytes);
-    bytes[HEADER + 2..HEADER + 18].copy_from_slice(&ma);
-    let mut h = Md5::new();
-    h.update(&bytes[..4]);
-    h.update(request_authenticator);
-    h.update(&bytes[HEADER..]);
-    h.update(secret);
-    bytes[4..HEADER].copy_from_slice(&h.finalize());
-    bytes
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&[code, to.identifier]);
+    // `len` is at most MAX_PACKET, so it fits in 16 bits.
+    b.extend_from_slice(&(len as u16).to_be_bytes());
+    b.extend_from_slice(&to.authenticator);
+    b.extend_from_slice(&[MESSAGE_AUTHENTICATOR, 18]);
+    b.extend_from_slice(&[0; 16]);
+    b.extend_from_slice(&to.proxy_states);
+    // Both checksums are computed with the request authenticator in the header: the
+    // Message-Authenticator first (RFC 3579 section 3.2), then the response authenticator
+    // over the packet with it in place, followed by the secret (RFC 2865 section 3).
+    let ma = secret.hmac(&[&b]);
+    b[HEADER + 2..HEADER + 18].copy_from_slice(&ma);
+    let response = Md5::new()
+        .chain_update(&b)
+        .chain_update(&*secret.secret)
+        .finalize();
+    b[4..HEADER].copy_from_slice(&response);
+    b
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::hmac_md5;
 
     const SECRET: &[u8] = b"testing123-testing123";
 
@@ -310,7 +479,22 @@ mod tests {
         assert_eq!(l.password.as_deref().map(String::as_str), Some("123456789"));
         assert_eq!(l.station.as_deref(), Some("10.0.0.7"));
         assert_eq!(l.nas.as_deref(), Some("192.0.2.1"));
-        assert_eq!(r.proxy_states, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(
+            r.reply_to.proxy_states,
+            [
+                PROXY_STATE,
+                5,
+                b'o',
+                b'n',
+                b'e',
+                PROXY_STATE,
+                5,
+                b't',
+                b'w',
+                b'o'
+            ]
+        );
+        assert_eq!(r.reply_to.authenticator(), &auth);
     }
 
     #[test]
@@ -480,10 +664,181 @@ mod tests {
             check[4..20].copy_from_slice(&auth);
             check[22..38].fill(0);
             assert_eq!(hmac_md5(SECRET, &check), out[22..38]);
-            assert!(
-                Packet::is_authentic_response(&out, &b, SECRET),
+            let mut response = Md5::new();
+            response.update(&out[..4]);
+            response.update(auth);
+            response.update(&out[20..]);
+            response.update(SECRET);
+            assert_eq!(
+                &response.finalize()[..],
+                &out[4..20],
                 "response authenticator"
             );
+            let expected = if answer == Answer::Accept {
+                crate::client::Reply::Accept
+            } else {
+                crate::client::Reply::Reject
+            };
+            assert_eq!(crate::client::check_reply(&out, &b, SECRET), Ok(expected));
         }
+    }
+
+    #[test]
+    fn passwords_of_several_blocks_decode_and_end_at_the_first_nul() {
+        let auth = [4; 16];
+        for pw in ["123456", "1234567890123456", "12345678901234567890"] {
+            let b = request(
+                ACCESS_REQUEST,
+                3,
+                auth,
+                &[
+                    (USER_NAME, b"bob".to_vec()),
+                    (USER_PASSWORD, hide(pw.as_bytes(), SECRET, &auth)),
+                ],
+                SECRET,
+                true,
+            );
+            let r = parse(&b, SECRET, true).unwrap();
+            let Kind::Access(l) = &r.kind else {
+                panic!("not access")
+            };
+            assert_eq!(l.password.as_deref().map(String::as_str), Some(pw));
+        }
+        // The longest value RFC 2865 allows: 128 octets.
+        let long = "7".repeat(128);
+        let b = request(
+            ACCESS_REQUEST,
+            3,
+            auth,
+            &[
+                (USER_NAME, b"bob".to_vec()),
+                (USER_PASSWORD, hide(long.as_bytes(), SECRET, &auth)),
+            ],
+            SECRET,
+            true,
+        );
+        let r = parse(&b, SECRET, true).unwrap();
+        assert!(matches!(&r.kind, Kind::Access(l) if l.password.as_deref() == Some(&long)));
+    }
+
+    #[test]
+    fn the_nas_is_its_identifier_else_its_address() {
+        let nas_of = |attrs: &[(u8, Vec<u8>)]| {
+            let auth = [6; 16];
+            let mut all = vec![(USER_NAME, b"carol".to_vec())];
+            all.extend_from_slice(attrs);
+            let r = parse(
+                &request(ACCESS_REQUEST, 1, auth, &all, SECRET, true),
+                SECRET,
+                true,
+            )
+            .unwrap();
+            let Kind::Access(l) = r.kind else {
+                panic!("not access")
+            };
+            l.nas
+        };
+        let v6: Vec<u8> = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets().to_vec();
+        assert_eq!(nas_of(&[]), None);
+        assert_eq!(
+            nas_of(&[
+                (NAS_IP_ADDRESS, vec![192, 0, 2, 1]),
+                (NAS_IDENTIFIER, b"vpn\n1".to_vec())
+            ])
+            .as_deref(),
+            Some("vpn?1"),
+            "sanitized"
+        );
+        assert_eq!(
+            nas_of(&[
+                (NAS_IPV6_ADDRESS, v6.clone()),
+                (NAS_IP_ADDRESS, vec![192, 0, 2, 1])
+            ])
+            .as_deref(),
+            Some("192.0.2.1")
+        );
+        assert_eq!(
+            nas_of(&[(NAS_IP_ADDRESS, vec![192, 0, 2]), (NAS_IPV6_ADDRESS, v6)]).as_deref(),
+            Some("2001:db8::1"),
+            "a NAS-IP-Address of the wrong length is not an address"
+        );
+    }
+
+    #[test]
+    fn message_authenticators_of_the_wrong_shape_are_malformed() {
+        let good = pap("alice", "123456789", 1, SECRET);
+        let mut twice = good.clone();
+        twice.extend_from_slice(&[MESSAGE_AUTHENTICATOR, 18]);
+        twice.extend_from_slice(&[0; 16]);
+        let l = (twice.len() as u16).to_be_bytes();
+        twice[2..4].copy_from_slice(&l);
+        assert_eq!(parse(&twice, SECRET, true).unwrap_err(), Drop::Malformed);
+        let auth = [2; 16];
+        let short = request(
+            ACCESS_REQUEST,
+            1,
+            auth,
+            &[
+                (USER_NAME, b"a".to_vec()),
+                (MESSAGE_AUTHENTICATOR, vec![0; 15]),
+            ],
+            SECRET,
+            false,
+        );
+        assert_eq!(parse(&short, SECRET, false).unwrap_err(), Drop::Malformed);
+    }
+
+    #[test]
+    fn status_server_is_answered_with_an_accept() {
+        let auth = [8; 16];
+        let b = request(
+            STATUS_SERVER,
+            77,
+            auth,
+            &[(PROXY_STATE, vec![])],
+            SECRET,
+            true,
+        );
+        let r = parse(&b, SECRET, true).unwrap();
+        assert!(matches!(r.kind, Kind::Status));
+        let out = reply(&r, Answer::Accept, SECRET);
+        assert_eq!(
+            &out[38..],
+            &[PROXY_STATE, 2],
+            "an empty Proxy-State is copied too"
+        );
+        assert_eq!(
+            crate::client::check_reply(&out, &b, SECRET),
+            Ok(crate::client::Reply::Accept)
+        );
+    }
+
+    #[test]
+    fn a_reply_too_large_for_a_packet_is_empty() {
+        let auth = [1; 16];
+        let mut attrs = vec![(USER_NAME, b"a".to_vec())];
+        // 20 + 3 + 16 * 255 = 4103 > 4096: fifteen full Proxy-States and one of 240.
+        for _ in 0..15 {
+            attrs.push((PROXY_STATE, vec![1; 253]));
+        }
+        attrs.push((PROXY_STATE, vec![1; 251 - 18]));
+        let b = request(ACCESS_REQUEST, 1, auth, &attrs, SECRET, false);
+        assert!(b.len() <= MAX_PACKET);
+        let r = parse(&b, SECRET, false).unwrap();
+        assert!(reply(&r, Answer::Reject, SECRET).is_empty());
+    }
+
+    #[test]
+    fn a_prepared_secret_gives_the_same_answers() {
+        let keyed = SharedSecret::new(SECRET);
+        assert_eq!(format!("{keyed:?}"), "SharedSecret(<redacted>)");
+        let b = pap("alice", "123456789", 9, SECRET);
+        let one = decode(&b, &keyed, true).unwrap();
+        let two = parse(&b, SECRET, true).unwrap();
+        assert_eq!(
+            encode_reply(&one.reply_to, Answer::Accept, &keyed),
+            reply(&two, Answer::Accept, SECRET)
+        );
+        assert_eq!(hmac_md5(SECRET, b"abc"), keyed.hmac(&[b"a", b"bc"]));
     }
 }
