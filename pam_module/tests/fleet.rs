@@ -93,6 +93,15 @@ impl Drop for Radiusd {
     }
 }
 
+impl Drop for Fleet {
+    /// The cluster's WAL (every committed row passes through it) and server log go to the
+    /// suite's leak check; the sandbox keeps its own files and syslog.
+    fn drop(&mut self) {
+        support::hygiene::keep(&self.cluster.dir.join("data/pg_wal"));
+        support::hygiene::keep(&self.cluster.dir.join("log"));
+    }
+}
+
 /// One PAP request from a socket of its own; `None` if no reply came within 10 s.
 /// `tag` makes the request authenticator unique, so the reply cache never answers it.
 fn radius(addr: SocketAddr, code: &str, tag: [u8; 4]) -> Option<Reply> {
@@ -189,6 +198,7 @@ impl Fleet {
             )
             .unwrap();
         let c = &issued.codes[0];
+        support::hygiene::issued([c.code.expose()]);
         (c.code.expose().to_owned(), c.info.id.to_string())
     }
 

@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../tests/support/hygiene.rs"]
+pub mod hygiene;
+
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
@@ -99,6 +102,9 @@ impl Drop for Sandbox {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
+        // Not the module's copy (large, and built, not written by a test's programs), nor
+        // the typed answer a test feeds pamtester (an input, not something left behind).
+        hygiene::keep_except(self.dir.path(), &["pam_sparekey.so", "answer"]);
     }
 }
 
@@ -137,14 +143,17 @@ impl Sandbox {
         let drained = Arc::new(AtomicU64::new(0));
         let reader = {
             let (lines, stop, drained) = (lines.clone(), stop.clone(), drained.clone());
+            // Every line also goes to a file, which the suite's leak check keeps.
+            let mut transcript = std::fs::File::create(dir.path().join("syslog.log")).unwrap();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 8192];
                 while !stop.load(Ordering::SeqCst) {
                     match log.recv(&mut buf) {
-                        Ok(n) => lines
-                            .lock()
-                            .unwrap()
-                            .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                        Ok(n) => {
+                            let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                            let _ = writeln!(transcript, "{line}");
+                            lines.lock().unwrap().push(line);
+                        }
                         Err(e)
                             if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
                         {
@@ -339,11 +348,13 @@ impl TestStore {
                 &self.admin,
             )
             .unwrap();
-        issued
+        let codes: Vec<String> = issued
             .codes
             .iter()
             .map(|c| c.code.expose().to_owned())
-            .collect()
+            .collect();
+        hygiene::issued(&codes);
+        codes
     }
 
     /// One single-use code.
@@ -377,7 +388,9 @@ impl TestStore {
                 &self.admin,
             )
             .unwrap();
-        issued.codes[0].code.expose().to_owned()
+        let code = issued.codes[0].code.expose().to_owned();
+        hygiene::issued([&code]);
+        code
     }
 
     /// Locks a user out by failing verification up to the threshold.
