@@ -150,12 +150,18 @@ impl SqliteBackend {
                 path: path.clone(),
                 source,
             })?;
-        Self::open(config)
+        Self::connect(config, true)
     }
 
     /// Opens an existing database and brings its schema up to date. A missing file is an
-    /// error: a store that vanished must not be silently replaced by an empty one.
+    /// error: a store that vanished must not be silently replaced by an empty one. Nor
+    /// must one that was emptied (or a database that is not a store): a file with no
+    /// schema is refused, and only [`SqliteBackend::create`] lays one down.
     pub fn open(config: &StoreConfig) -> Result<Self> {
+        Self::connect(config, false)
+    }
+
+    fn connect(config: &StoreConfig, new: bool) -> Result<Self> {
         let path = &config.path;
         let err = |e: rusqlite::Error| store_error(path, e);
         if !path.exists() {
@@ -171,6 +177,17 @@ impl SqliteBackend {
         .map_err(err)?;
         conn.busy_timeout(Duration::from_millis(u64::from(config.busy_timeout_ms)))
             .map_err(err)?;
+        // Before anything below writes to it (setting WAL mode does).
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version == 0 && !new {
+            return Err(Error::Store(format!(
+                "{}: not a sparekey store (empty, or another program's database); \
+                 restore it from a backup, or create one with `sparekey init`",
+                path.display()
+            )));
+        }
         // Short-lived processes (a PAM login, the CLI) are often the store's only
         // connection: closing it would checkpoint the WAL into the database and delete it,
         // three more fsyncs per login. The WAL is checkpointed as it grows instead (every
@@ -269,8 +286,24 @@ impl SqliteBackend {
     }
 }
 
+/// A SQLite error on `path`, with what SQLite's own words leave out: for "unable to open"
+/// and "readonly", why the file cannot be written (a read-only filesystem, say); for
+/// "locked", that another writer held the lock past the busy timeout.
 fn store_error(path: &Path, e: rusqlite::Error) -> Error {
-    Error::Store(format!("{}: {e}", path.display()))
+    use rusqlite::ErrorCode;
+    let why = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            format!("{e} (another writer held it longer than busy_timeout_ms)")
+        }
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly) => {
+            match std::fs::OpenOptions::new().write(true).open(path) {
+                Err(os) => format!("{e}: cannot write it: {os}"),
+                Ok(_) => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    };
+    Error::Store(format!("{}: {why}", path.display()))
 }
 
 impl Backend for SqliteBackend {

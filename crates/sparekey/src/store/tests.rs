@@ -1253,3 +1253,20 @@ fn a_server_can_leave_checkpoints_to_another_connection() {
     );
     assert!(other.find_user("u3-4999").is_ok());
 }
+
+#[test]
+fn an_emptied_store_file_is_refused_not_made_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::config::Config::init_text(dir.path());
+    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let db = dir.path().join("sparekey.db");
+    drop(Store::create(&config).unwrap());
+    std::fs::write(&db, b"").unwrap();
+    for _ in 0..2 {
+        let e = Store::open(&config)
+            .err()
+            .expect("an empty file is no store");
+        assert!(e.to_string().contains("not a sparekey store"), "{e}");
+    }
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+}
