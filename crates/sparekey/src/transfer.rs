@@ -94,7 +94,7 @@ pub fn parse_csv(input: impl Read) -> std::result::Result<Vec<ImportRow>, Vec<(u
             bad.push((line, format!("more than {MAX_ROWS} rows")));
             break;
         }
-        let cell = |c: usize| index[c].and_then(|i| rec.get(i));
+        let cell = |c: usize| index[c].and_then(|i| rec.get(i)).map(unguard_cell);
         match parse_row(
             line,
             cell(0).unwrap_or(""),
@@ -208,6 +208,27 @@ fn split_escaped(s: &str) -> Vec<String> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// What a spreadsheet takes for the start of a formula (and the guard itself).
+const FORMULA_LEADS: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\''];
+
+/// A cell as written to an export: one that a spreadsheet would run as a formula gets a
+/// leading `'`, so that opening an export cannot run what a user's name or notes hold.
+fn guard_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(FORMULA_LEADS) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
+/// The inverse of [`guard_cell`] on import: an export imports back unchanged.
+fn unguard_cell(s: &str) -> &str {
+    match s.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_LEADS) => rest,
+        _ => s,
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -441,7 +462,7 @@ pub fn write_csv(users: &[ExportedUser], out: impl Write) -> Result<()> {
         let u = &e.user;
         let aliases: Vec<String> = u.aliases.iter().map(|a| escape(a.as_str())).collect();
         let devices: Vec<String> = e.devices.iter().map(device_cell).collect();
-        w.write_record([
+        let cells = [
             u.username.as_str(),
             &aliases.join(";"),
             u.realname.as_deref().unwrap_or(""),
@@ -449,8 +470,9 @@ pub fn write_csv(users: &[ExportedUser], out: impl Write) -> Result<()> {
             u.status.as_str(),
             u.notes.as_deref().unwrap_or(""),
             &devices.join(";"),
-        ])
-        .map_err(io)?;
+        ];
+        w.write_record(cells.map(guard_cell).iter().map(|c| c.as_bytes()))
+            .map_err(io)?;
     }
     w.flush()
         .map_err(|e| Error::Store(format!("writing CSV: {e}")))
@@ -500,6 +522,32 @@ mod tests {
         assert!(parse_csv("status\nactive\n".as_bytes()).is_err());
         assert!(parse_csv("username,username\nx,y\n".as_bytes()).is_err());
         assert!(parse_csv(&b"username\n\xff\xfe\n"[..]).is_err());
+    }
+
+    #[test]
+    fn an_export_runs_no_formula_and_imports_back_unchanged() {
+        let names = [
+            "=HYPERLINK(\"x\")",
+            "+1",
+            "-x",
+            "@sum",
+            "'=quoted",
+            "'plain",
+            "plain",
+        ];
+        for n in names {
+            let guarded = guard_cell(n);
+            assert!(
+                !guarded.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{guarded}"
+            );
+            assert_eq!(unguard_cell(&guarded), n);
+        }
+        assert_eq!(guard_cell("alice"), "alice");
+        let csv = "username,notes\n'=cmd,'-note\n";
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        assert_eq!(rows[0].username.as_str(), "=cmd");
+        assert_eq!(rows[0].notes.as_deref(), Some("-note"));
     }
 
     #[test]
