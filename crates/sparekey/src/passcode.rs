@@ -43,6 +43,11 @@ impl Passcode {
         random::digits(len).map(Passcode)
     }
 
+    /// [`Passcode::generate`], drawing from a pool the caller holds for one call.
+    pub(crate) fn generate_from(pool: &mut random::Pool, len: usize) -> Result<Self> {
+        random::digits_from(pool, len).map(Passcode)
+    }
+
     /// The digits, for hashing and for showing once at creation.
     pub fn expose(&self) -> &str {
         &self.0

@@ -26,6 +26,7 @@ use crate::model::{
     Normalization, Status, User, UserId, Username, check_text,
 };
 use crate::passcode::{self, Passcode};
+use crate::random;
 use crate::verify::{self, Account, Verdict};
 
 /// At most this many codes per generation (as Duo).
@@ -135,6 +136,13 @@ pub trait Tx {
     fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>>;
     /// Adds a code.
     fn insert_code(&mut self, code: &CodeRecord) -> Result<()>;
+    /// Adds the codes of one generation (one user, the same terms), in order.
+    fn insert_codes(&mut self, codes: &[CodeRecord]) -> Result<()> {
+        for c in codes {
+            self.insert_code(c)?;
+        }
+        Ok(())
+    }
     /// Lowers a code's remaining uses. The store refuses to raise them.
     fn set_code_uses(&mut self, id: &CodeId, uses: u32) -> Result<()>;
     /// Removes a code; false if there was none.
@@ -145,6 +153,16 @@ pub trait Tx {
     fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64>;
     /// Appends an audit event (its `id` is ignored).
     fn append_audit(&mut self, event: &AuditEvent) -> Result<()>;
+    /// Appends one event per code: `event` (whose `code_id` is ignored) naming each of
+    /// `codes` in turn, in order.
+    fn append_code_events(&mut self, event: &AuditEvent, codes: &[CodeId]) -> Result<()> {
+        let mut e = event.clone();
+        for id in codes {
+            e.code_id = Some(id.to_string());
+            self.append_audit(&e)?;
+        }
+        Ok(())
+    }
     /// Appends audit events copied from another store, in order. PostgreSQL keeps their
     /// ids; SQLite numbers them anew (in the same order), as it does every event.
     fn import_audit(&mut self, events: &[AuditEvent]) -> Result<()> {
@@ -291,6 +309,17 @@ pub struct Issued {
     pub replaced: u64,
     /// Whether the user has a device; without one the codes cannot be used yet.
     pub enrolled: bool,
+}
+
+/// A user enrolled by [`Batch::enrol`].
+#[derive(Debug)]
+pub struct Enrolled {
+    /// The new user.
+    pub user: User,
+    /// Their device.
+    pub device: Device,
+    /// Their codes.
+    pub issued: Issued,
 }
 
 /// What `purge` removed.
@@ -668,11 +697,16 @@ impl Batch<'_> {
 
     /// Adds a user.
     pub fn add_user(&mut self, new: NewUser) -> Result<User> {
+        self.insert_new_user(new, &mut random::Pool::new())
+    }
+
+    /// Checks, inserts and audits a new user.
+    fn insert_new_user(&mut self, new: NewUser, pool: &mut random::Pool) -> Result<User> {
         let username = Username::parse(&new.username)?;
         let aliases = parse_names(&new.aliases)?;
         let keys = check_names(self.tx, self.env, &username, &aliases, None)?;
         let user = User {
-            id: UserId::generate()?,
+            id: UserId::from_string(random::id_from(pool, 'U')?),
             username,
             aliases,
             realname: check_text("realname", new.realname)?,
@@ -829,14 +863,18 @@ impl Batch<'_> {
             created_at: self.env.now,
         };
         self.tx.insert_device(&device)?;
+        self.audit_device_add(&user, &device)?;
+        Ok(device)
+    }
+
+    fn audit_device_add(&mut self, user: &User, device: &Device) -> Result<()> {
         self.audit(
             "device.add",
-            Some(&user),
+            Some(user),
             None,
             None,
-            Some(format!("device={} kind={kind}", device.id)),
-        )?;
-        Ok(device)
+            Some(format!("device={} kind={}", device.id, device.kind)),
+        )
     }
 
     /// Removes a device.
@@ -865,7 +903,22 @@ impl Batch<'_> {
     pub fn generate_codes(&mut self, name: &str, req: &CodeRequest) -> Result<Issued> {
         check_request(req)?;
         let user = find_live(self.tx, self.env, name)?;
-        let issued = issue(self.tx, self.env, &user, req, &self.ctx.actor)?;
+        let mut pool = random::Pool::new();
+        let issued = issue(
+            self.tx,
+            self.env,
+            &user,
+            req,
+            &self.ctx.actor,
+            &mut pool,
+            None,
+        )?;
+        self.audit_generation(&user, req, &issued)?;
+        Ok(issued)
+    }
+
+    /// One `code.generate` event per code issued, each naming its code by id.
+    fn audit_generation(&mut self, user: &User, req: &CodeRequest, issued: &Issued) -> Result<()> {
         let detail = format!(
             "count={} custom={} reuse_count={} valid_secs={} preserve_existing={} replaced={}",
             issued.codes.len(),
@@ -875,16 +928,60 @@ impl Batch<'_> {
             req.preserve_existing,
             issued.replaced
         );
-        for c in &issued.codes {
-            self.audit(
-                "code.generate",
-                Some(&user),
-                Some(&c.info.id),
-                None,
-                Some(detail.clone()),
-            )?;
-        }
-        Ok(issued)
+        let template = event(
+            self.env,
+            self.ctx,
+            "code.generate",
+            Some(user),
+            None,
+            outcome::OK,
+            None,
+            Some(detail),
+        );
+        let ids: Vec<CodeId> = issued.codes.iter().map(|c| c.info.id.clone()).collect();
+        self.tx.append_code_events(&template, &ids)
+    }
+
+    /// Adds a user with one device and issues their first codes: the same rows and the
+    /// same audit events (`user.add`, `device.add`, one `code.generate` per code) as
+    /// [`Batch::add_user`], [`Batch::add_device`] and [`Batch::generate_codes`] in turn,
+    /// without finding the new user again by name or asking a brand-new user for
+    /// expired codes, codes to replace or devices. For bulk enrolment.
+    pub fn enrol(
+        &mut self,
+        new: NewUser,
+        kind: DeviceKind,
+        label: Option<String>,
+        req: &CodeRequest,
+    ) -> Result<Enrolled> {
+        check_request(req)?;
+        let label = check_text("name", label)?;
+        let mut pool = random::Pool::new();
+        let user = self.insert_new_user(new, &mut pool)?;
+        let device = Device {
+            id: DeviceId::from_string(random::id_from(&mut pool, 'D')?),
+            user_id: user.id.clone(),
+            kind,
+            name: label,
+            created_at: self.env.now,
+        };
+        self.tx.insert_device(&device)?;
+        self.audit_device_add(&user, &device)?;
+        let issued = issue(
+            self.tx,
+            self.env,
+            &user,
+            req,
+            &self.ctx.actor,
+            &mut pool,
+            Some(true),
+        )?;
+        self.audit_generation(&user, req, &issued)?;
+        Ok(Enrolled {
+            user,
+            device,
+            issued,
+        })
     }
 
     /// Issues an 8-digit temporary OTP (OneLogin's semantics): valid at most 72 hours,
@@ -1072,15 +1169,21 @@ fn check_request(req: &CodeRequest) -> Result<()> {
 /// Issues codes for a user who exists and is not in the trash. With
 /// `preserve_existing`, the cap and duplicate checks cover old and new codes together and
 /// nothing is written unless all pass; otherwise the user's codes are replaced.
+/// `new_user` is `Some(enrolled)` for a user added in this same transaction, who has no
+/// codes yet and whose devices are known, so the store need not be asked.
 fn issue(
     tx: &mut dyn Tx,
     env: &Env<'_>,
     user: &User,
     req: &CodeRequest,
     actor: &str,
+    pool: &mut random::Pool,
+    new_user: Option<bool>,
 ) -> Result<Issued> {
-    tx.delete_expired_codes(Some(&user.id), env.now)?;
-    let existing = if req.preserve_existing {
+    if new_user.is_none() {
+        tx.delete_expired_codes(Some(&user.id), env.now)?;
+    }
+    let existing = if req.preserve_existing && new_user.is_none() {
         tx.codes(&user.id)?
     } else {
         Vec::new()
@@ -1101,7 +1204,7 @@ fn issue(
     let mut fresh: Vec<(Passcode, [u8; 32])> = Vec::with_capacity(wanted);
     if req.codes.is_empty() {
         while fresh.len() < wanted {
-            let code = Passcode::generate(req.length)?;
+            let code = Passcode::generate_from(pool, req.length)?;
             let d = env.key.digest(&user.id, code.expose().as_bytes());
             // A random collision with a live code is about one in a billion; draw again.
             if !taken.contains(&d) {
@@ -1129,33 +1232,40 @@ fn issue(
             fresh.push((code.clone(), d));
         }
     }
-    let replaced = if req.preserve_existing {
+    let replaced = if req.preserve_existing || new_user.is_some() {
         0
     } else {
         tx.delete_codes_of(&user.id)?
     };
     let expires_at = (req.valid_secs > 0).then(|| env.now.saturating_add(req.valid_secs as i64));
     let uses_remaining = (req.reuse_count > 0).then_some(req.reuse_count);
-    let mut codes = Vec::with_capacity(fresh.len());
-    for (code, digest) in fresh {
-        let rec = CodeRecord {
-            id: CodeId::generate()?,
+    let mut records = Vec::with_capacity(fresh.len());
+    for (_, digest) in &fresh {
+        records.push(CodeRecord {
+            id: CodeId::from_string(random::id_from(pool, 'C')?),
             user_id: user.id.clone(),
-            digest,
+            digest: *digest,
             scheme: SCHEME_V1,
             created_at: env.now,
             created_by: actor.to_owned(),
             expires_at,
             uses_remaining,
             reuse_count: req.reuse_count,
-        };
-        tx.insert_code(&rec)?;
-        codes.push(IssuedCode {
-            info: rec.info(),
-            code,
         });
     }
-    let enrolled = tx.device_count(&user.id)? > 0;
+    tx.insert_codes(&records)?;
+    let codes = records
+        .iter()
+        .zip(fresh)
+        .map(|(rec, (code, _))| IssuedCode {
+            info: rec.info(),
+            code,
+        })
+        .collect();
+    let enrolled = match new_user {
+        Some(enrolled) => enrolled,
+        None => tx.device_count(&user.id)? > 0,
+    };
     Ok(Issued {
         codes,
         replaced,

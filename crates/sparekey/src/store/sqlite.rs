@@ -127,6 +127,99 @@ CREATE TABLE admin_keys (
 ) STRICT;
 CREATE UNIQUE INDEX admin_keys_live_name ON admin_keys (name) WHERE revoked_at IS NULL;
 "#,
+    // Step 4. Users, logins, devices and codes kept in their key's B-tree (WITHOUT ROWID):
+    // a verification reaches one B-tree per table instead of an index and then the table,
+    // a user's codes sit together in one leaf, and a new code updates two B-trees (the
+    // table, keyed by user and digest, and the id index) instead of three. The audit's
+    // time index goes: it was a B-tree insert per event, while listing by time walks
+    // from the newest event, as listing by user already does.
+    //
+    // The new tables are filled while the old ones still stand, and the new children
+    // point at `users_new`: dropping the old `users` then cascades into nothing, and
+    // renaming `users_new` to `users` rewrites the children's references.
+    r#"
+CREATE TABLE users_new (
+    id              TEXT PRIMARY KEY NOT NULL,
+    username        TEXT NOT NULL,
+    realname        TEXT,
+    email           TEXT,
+    notes           TEXT,
+    aliases         TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(aliases)),
+    status          TEXT NOT NULL CHECK (status IN ('active', 'bypass', 'disabled')),
+    lockout_reason  TEXT,
+    lockout_since   INTEGER,
+    failed_attempts INTEGER NOT NULL DEFAULT 0 CHECK (failed_attempts >= 0),
+    created_at      INTEGER NOT NULL,
+    last_login      INTEGER,
+    trashed_at      INTEGER
+) STRICT, WITHOUT ROWID;
+INSERT INTO users_new (id, username, realname, email, notes, aliases, status,
+                       lockout_reason, lockout_since, failed_attempts, created_at,
+                       last_login, trashed_at)
+SELECT id, username, realname, email, notes, aliases, status, lockout_reason,
+       lockout_since, failed_attempts, created_at, last_login, trashed_at
+FROM users;
+
+CREATE TABLE logins_new (
+    key     TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL REFERENCES users_new (id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+INSERT INTO logins_new (key, user_id) SELECT key, user_id FROM logins;
+
+CREATE TABLE devices_new (
+    id         TEXT NOT NULL,
+    user_id    TEXT NOT NULL REFERENCES users_new (id) ON DELETE CASCADE,
+    kind       TEXT NOT NULL CHECK (kind IN ('phone', 'token', 'webauthn', 'other')),
+    name       TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, id)
+) STRICT, WITHOUT ROWID;
+INSERT INTO devices_new (id, user_id, kind, name, created_at)
+SELECT id, user_id, kind, name, created_at FROM devices;
+
+CREATE TABLE codes_new (
+    id             TEXT NOT NULL UNIQUE,
+    user_id        TEXT NOT NULL REFERENCES users_new (id) ON DELETE CASCADE,
+    digest         BLOB NOT NULL CHECK (length(digest) = 32),
+    scheme         INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    expires_at     INTEGER,
+    uses_remaining INTEGER CHECK (uses_remaining IS NULL OR uses_remaining > 0),
+    reuse_count    INTEGER NOT NULL CHECK (reuse_count >= 0),
+    PRIMARY KEY (user_id, digest)
+) STRICT, WITHOUT ROWID;
+INSERT INTO codes_new (id, user_id, digest, scheme, created_at, created_by, expires_at,
+                       uses_remaining, reuse_count)
+SELECT id, user_id, digest, scheme, created_at, created_by, expires_at, uses_remaining,
+       reuse_count
+FROM codes;
+
+DROP TABLE codes;
+DROP TABLE devices;
+DROP TABLE logins;
+DROP TABLE users;
+ALTER TABLE users_new RENAME TO users;
+ALTER TABLE logins_new RENAME TO logins;
+ALTER TABLE devices_new RENAME TO devices;
+ALTER TABLE codes_new RENAME TO codes;
+CREATE INDEX users_trashed ON users (trashed_at) WHERE trashed_at IS NOT NULL;
+CREATE INDEX logins_user ON logins (user_id);
+
+-- Nothing may extend a code: not its expiry, not its uses, not whose it is.
+CREATE TRIGGER codes_never_extended BEFORE UPDATE ON codes
+WHEN NEW.expires_at IS NOT OLD.expires_at
+  OR NEW.user_id IS NOT OLD.user_id
+  OR NEW.digest IS NOT OLD.digest
+  OR NEW.reuse_count IS NOT OLD.reuse_count
+  OR (OLD.uses_remaining IS NULL AND NEW.uses_remaining IS NOT NULL)
+  OR (OLD.uses_remaining IS NOT NULL AND (NEW.uses_remaining IS NULL OR NEW.uses_remaining > OLD.uses_remaining))
+BEGIN
+    SELECT RAISE(ABORT, 'a code''s expiry and uses can never be extended');
+END;
+
+DROP INDEX audit_time;
+"#,
 ];
 
 /// A SQLite database file (or an in-memory one, for tests).
@@ -373,11 +466,95 @@ struct SqliteTx<'a> {
     tx: Transaction<'a>,
 }
 
-const USER_COLUMNS: &str = "id, username, realname, email, notes, status, lockout_reason, lockout_since, \
-                            failed_attempts, created_at, last_login, trashed_at, aliases";
-const CODE_COLUMNS: &str =
-    "id, user_id, digest, scheme, created_at, created_by, expires_at, uses_remaining, reuse_count";
-const DEVICE_COLUMNS: &str = "id, user_id, kind, name, created_at";
+// Column lists as macros, so that each statement's text is one `concat!` constant: a
+// prepared-statement cache lookup then costs no `format!` on every call.
+macro_rules! user_columns {
+    () => {
+        "id, username, realname, email, notes, status, lockout_reason, lockout_since, \
+         failed_attempts, created_at, last_login, trashed_at, aliases"
+    };
+}
+macro_rules! code_columns {
+    () => {
+        "id, user_id, digest, scheme, created_at, created_by, expires_at, uses_remaining, \
+         reuse_count"
+    };
+}
+macro_rules! device_columns {
+    () => {
+        "id, user_id, kind, name, created_at"
+    };
+}
+macro_rules! audit_columns {
+    () => {
+        "time, actor, action, user_id, username, code_id, outcome, reason, src_address, \
+         src_station, src_nas, src_tty, detail"
+    };
+}
+macro_rules! admin_key_columns {
+    () => {
+        "ikey, name, role, may_create_codes, may_customise_codes, created_at, revoked_at"
+    };
+}
+
+/// Rows per multi-row `INSERT`: one generation's codes, or their audit events.
+const MULTI_ROW_MAX: usize = super::MAX_CODES_PER_CALL;
+/// Parameters a multi-row code insert binds once for all its rows.
+const CODE_SHARED: usize = 7;
+/// Parameters a multi-row audit insert binds once for all its rows.
+const AUDIT_SHARED: usize = 12;
+
+/// The texts of the multi-row inserts, for 1 to [`MULTI_ROW_MAX`] rows. What the rows
+/// share is bound once, as `?1`..: the user, the terms, the actor and the detail.
+struct MultiRowSql {
+    codes: Vec<String>,
+    audit: Vec<String>,
+}
+
+fn multi_row_sql() -> &'static MultiRowSql {
+    static SQL: std::sync::OnceLock<MultiRowSql> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let rows = |n: usize, row: &dyn Fn(usize) -> String| {
+            (0..n).map(row).collect::<Vec<_>>().join(", ")
+        };
+        MultiRowSql {
+            codes: (1..=MULTI_ROW_MAX)
+                .map(|n| {
+                    format!(
+                        concat!("INSERT INTO codes (", code_columns!(), ") VALUES {}"),
+                        rows(n, &|i| format!(
+                            "(?{}, ?1, ?{}, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            CODE_SHARED + 1 + 2 * i,
+                            CODE_SHARED + 2 + 2 * i
+                        ))
+                    )
+                })
+                .collect(),
+            audit: (1..=MULTI_ROW_MAX)
+                .map(|n| {
+                    format!(
+                        concat!("INSERT INTO audit (", audit_columns!(), ") VALUES {}"),
+                        rows(n, &|i| format!(
+                            "(?1, ?2, ?3, ?4, ?5, ?{}, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                            AUDIT_SHARED + 1 + i
+                        ))
+                    )
+                })
+                .collect(),
+        }
+    })
+}
+
+/// Whether two codes share what a multi-row insert binds once.
+fn same_terms(a: &CodeRecord, b: &CodeRecord) -> bool {
+    a.user_id == b.user_id
+        && a.scheme == b.scheme
+        && a.created_at == b.created_at
+        && a.created_by == b.created_by
+        && a.expires_at == b.expires_at
+        && a.uses_remaining == b.uses_remaining
+        && a.reuse_count == b.reuse_count
+}
 
 /// Turns a stored text column back into a typed value; a bad value is a corrupt store.
 fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
@@ -525,15 +702,19 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user(&mut self, id: &UserId) -> Result<Option<User>> {
-        let mut st = self
-            .tx
-            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?;
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = ?1"
+        ))?;
         Ok(st.query_row([id.as_str()], user_row).optional()?)
     }
 
     fn insert_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        let mut st = self.tx.prepare_cached(concat!(
+            "INSERT INTO users (",
+            user_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))?;
         st.execute(params![
             u.id.as_str(),
@@ -600,8 +781,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn list_users(&mut self, f: &UserFilter) -> Result<Vec<User>> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {USER_COLUMNS} FROM users
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users
                  WHERE (?1 IS NULL OR status = ?1)
                    AND (?2 IS NULL OR (trashed_at IS NOT NULL) = ?2)
                    AND (?3 = 0 OR lockout_reason IS NOT NULL)
@@ -627,8 +810,10 @@ impl Tx for SqliteTx<'_> {
 
     fn devices(&mut self, user: &UserId) -> Result<Vec<Device>> {
         // Sorted here for the reason given in `codes`.
-        let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE user_id = ?1"
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            device_columns!(),
+            " FROM devices WHERE user_id = ?1"
         ))?;
         let mut devices: Vec<Device> = st
             .query_map([user.as_str()], device_row)?
@@ -647,8 +832,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_device(&mut self, d: &Device) -> Result<()> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+        let mut st = self.tx.prepare_cached(concat!(
+            "INSERT INTO devices (",
+            device_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5)"
         ))?;
         st.execute(params![
             d.id.as_str(),
@@ -670,8 +857,10 @@ impl Tx for SqliteTx<'_> {
     fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>> {
         // Sorted here, not in SQL: with an ORDER BY, this build of SQLite (STAT4) prepares
         // the statement again on every call, which was a quarter of a verification's time.
-        let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {CODE_COLUMNS} FROM codes WHERE user_id = ?1"
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            code_columns!(),
+            " FROM codes WHERE user_id = ?1"
         ))?;
         let mut codes: Vec<CodeRecord> = st
             .query_map([user.as_str()], code_row)?
@@ -681,8 +870,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn all_codes(&mut self) -> Result<Vec<CodeRecord>> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {CODE_COLUMNS} FROM codes ORDER BY created_at, id"
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            code_columns!(),
+            " FROM codes ORDER BY created_at, id"
         ))?;
         Ok(st
             .query_map([], code_row)?
@@ -690,15 +881,19 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>> {
-        let mut st = self
-            .tx
-            .prepare_cached(&format!("SELECT {CODE_COLUMNS} FROM codes WHERE id = ?1"))?;
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            code_columns!(),
+            " FROM codes WHERE id = ?1"
+        ))?;
         Ok(st.query_row([id.as_str()], code_row).optional()?)
     }
 
     fn insert_code(&mut self, c: &CodeRecord) -> Result<()> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "INSERT INTO codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        let mut st = self.tx.prepare_cached(concat!(
+            "INSERT INTO codes (",
+            code_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
         ))?;
         st.execute(params![
             c.id.as_str(),
@@ -711,6 +906,36 @@ impl Tx for SqliteTx<'_> {
             c.uses_remaining,
             c.reuse_count,
         ])?;
+        Ok(())
+    }
+
+    fn insert_codes(&mut self, codes: &[CodeRecord]) -> Result<()> {
+        let Some(first) = codes.first() else {
+            return Ok(());
+        };
+        if codes.iter().any(|c| !same_terms(c, first)) {
+            for c in codes {
+                self.insert_code(c)?;
+            }
+            return Ok(());
+        }
+        for chunk in codes.chunks(MULTI_ROW_MAX) {
+            let mut st = self
+                .tx
+                .prepare_cached(&multi_row_sql().codes[chunk.len() - 1])?;
+            st.raw_bind_parameter(1, first.user_id.as_str())?;
+            st.raw_bind_parameter(2, first.scheme)?;
+            st.raw_bind_parameter(3, first.created_at)?;
+            st.raw_bind_parameter(4, &first.created_by)?;
+            st.raw_bind_parameter(5, first.expires_at)?;
+            st.raw_bind_parameter(6, first.uses_remaining)?;
+            st.raw_bind_parameter(7, first.reuse_count)?;
+            for (i, c) in chunk.iter().enumerate() {
+                st.raw_bind_parameter(CODE_SHARED + 1 + 2 * i, c.id.as_str())?;
+                st.raw_bind_parameter(CODE_SHARED + 2 + 2 * i, &c.digest[..])?;
+            }
+            st.raw_execute()?;
+        }
         Ok(())
     }
 
@@ -774,6 +999,31 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn append_code_events(&mut self, e: &AuditEvent, codes: &[CodeId]) -> Result<()> {
+        for chunk in codes.chunks(MULTI_ROW_MAX) {
+            let mut st = self
+                .tx
+                .prepare_cached(&multi_row_sql().audit[chunk.len() - 1])?;
+            st.raw_bind_parameter(1, e.time)?;
+            st.raw_bind_parameter(2, &e.actor)?;
+            st.raw_bind_parameter(3, &e.action)?;
+            st.raw_bind_parameter(4, &e.user_id)?;
+            st.raw_bind_parameter(5, &e.username)?;
+            st.raw_bind_parameter(6, &e.outcome)?;
+            st.raw_bind_parameter(7, &e.reason)?;
+            st.raw_bind_parameter(8, &e.source.address)?;
+            st.raw_bind_parameter(9, &e.source.station)?;
+            st.raw_bind_parameter(10, &e.source.nas)?;
+            st.raw_bind_parameter(11, &e.source.tty)?;
+            st.raw_bind_parameter(12, &e.detail)?;
+            for (i, id) in chunk.iter().enumerate() {
+                st.raw_bind_parameter(AUDIT_SHARED + 1 + i, id.as_str())?;
+            }
+            st.raw_execute()?;
+        }
+        Ok(())
+    }
+
     fn audit(&mut self, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
         let mut st = self.tx.prepare_cached(
             "SELECT * FROM (
@@ -798,8 +1048,10 @@ impl Tx for SqliteTx<'_> {
 
     fn insert_admin_key(&mut self, k: &AdminKey, sealed_secret: &[u8]) -> Result<()> {
         self.tx
-            .prepare_cached(&format!(
-                "INSERT INTO admin_keys ({ADMIN_KEY_COLUMNS}, sealed_secret) \
+            .prepare_cached(concat!(
+                "INSERT INTO admin_keys (",
+                admin_key_columns!(),
+                ", sealed_secret) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
             ))?
             .execute(params![
@@ -816,8 +1068,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn admin_key(&mut self, ikey: &str) -> Result<Option<(AdminKey, Vec<u8>)>> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {ADMIN_KEY_COLUMNS}, sealed_secret FROM admin_keys WHERE ikey = ?1"
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            admin_key_columns!(),
+            ", sealed_secret FROM admin_keys WHERE ikey = ?1"
         ))?;
         Ok(st
             .query_row([ikey], |r| Ok((admin_key_row(r)?, r.get(7)?)))
@@ -825,8 +1079,10 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn admin_keys(&mut self) -> Result<Vec<AdminKey>> {
-        let mut st = self.tx.prepare_cached(&format!(
-            "SELECT {ADMIN_KEY_COLUMNS} FROM admin_keys ORDER BY created_at, ikey"
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            admin_key_columns!(),
+            " FROM admin_keys ORDER BY created_at, ikey"
         ))?;
         Ok(st
             .query_map([], admin_key_row)?
@@ -844,9 +1100,6 @@ impl Tx for SqliteTx<'_> {
     }
 }
 
-const ADMIN_KEY_COLUMNS: &str =
-    "ikey, name, role, may_create_codes, may_customise_codes, created_at, revoked_at";
-
 fn admin_key_row(row: &Row<'_>) -> rusqlite::Result<AdminKey> {
     Ok(AdminKey {
         ikey: row.get(0)?,
@@ -857,4 +1110,173 @@ fn admin_key_row(row: &Row<'_>) -> rusqlite::Result<AdminKey> {
         created_at: row.get(5)?,
         revoked_at: row.get(6)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Context;
+    use crate::clock::ManualClock;
+    use crate::config::Policy;
+    use crate::digest::DigestKey;
+    use crate::model::DeviceKind;
+    use crate::store::{CodeRequest, NewUser, Store};
+    use crate::verify::{Decision, Reason};
+    use std::sync::Arc;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn open_store(backend: SqliteBackend, clock: &ManualClock) -> Store {
+        Store::with_backend(
+            Box::new(backend),
+            DigestKey::from_bytes([7; 32]),
+            Policy::default(),
+            Arc::new(clock.clone()),
+        )
+        .unwrap()
+    }
+
+    fn count(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A store written at schema step 3 (the last before the WITHOUT ROWID tables)
+    /// upgrades in place: every row, code and rule survives.
+    #[test]
+    fn a_store_made_at_step_three_upgrades_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            path: dir.path().join("sparekey.db"),
+            key_file: dir.path().join("sparekey.key"),
+            busy_timeout_ms: 5000,
+            synchronous: Synchronous::Full,
+        };
+        let clock = ManualClock::at(T0);
+        let ctx = Context::new("test");
+
+        // Step 3, as a store in the field has it.
+        let conn = Connection::open(&config.path).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL;")
+            .unwrap();
+        for step in &MIGRATIONS[..3] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        let mut store = open_store(
+            SqliteBackend {
+                conn,
+                path: config.path.clone(),
+            },
+            &clock,
+        );
+        for name in ["alice", "bob", "carol"] {
+            store
+                .add_user(
+                    NewUser {
+                        username: name.into(),
+                        aliases: vec![format!("{name}.alias")],
+                        ..NewUser::default()
+                    },
+                    &ctx,
+                )
+                .unwrap();
+            store
+                .add_device(name, DeviceKind::Phone, Some("work".into()), &ctx)
+                .unwrap();
+        }
+        let req = |count, reuse_count| CodeRequest {
+            count,
+            reuse_count,
+            valid_secs: 0,
+            ..CodeRequest::default()
+        };
+        let alice = store.generate_codes("alice", req(3, 2), &ctx).unwrap();
+        let bob = store.generate_codes("bob", req(2, 1), &ctx).unwrap();
+        store.generate_codes("carol", req(1, 1), &ctx).unwrap();
+        let a0 = alice.codes[0].code.expose().to_owned();
+        assert_eq!(
+            store.verify("alice", &a0, &ctx).unwrap().decision,
+            Decision::Accept
+        );
+        store.trash_user("carol", &ctx).unwrap();
+        let audit_before = store.audit(&Default::default()).unwrap();
+        drop(store);
+
+        // The upgrade.
+        let backend = SqliteBackend::open(&config).unwrap();
+        let version: i64 = backend
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        for (table, n) in [("users", 3), ("logins", 6), ("devices", 3), ("codes", 6)] {
+            assert_eq!(count(&backend.conn, table), n, "{table}");
+        }
+        let fk_problems: i64 = backend
+            .conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(fk_problems, 0);
+        let without_rowid: i64 = backend
+            .conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_list
+                 WHERE name IN ('users', 'logins', 'devices', 'codes') AND wr = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(without_rowid, 4);
+        // Nothing may extend a code, after the upgrade as before it.
+        assert!(
+            backend
+                .conn
+                .execute("UPDATE codes SET uses_remaining = uses_remaining + 1", [])
+                .is_err()
+        );
+        let mut backend = backend;
+        backend.integrity_check().unwrap();
+        let mut store = open_store(backend, &clock);
+
+        assert_eq!(store.audit(&Default::default()).unwrap(), audit_before);
+        // A code keeps the uses it had left, and works exactly that many times more.
+        for expected in [Decision::Accept, Decision::Reject(Reason::WrongCode)] {
+            assert_eq!(
+                store.verify("alice.alias", &a0, &ctx).unwrap().decision,
+                expected
+            );
+        }
+        let b1 = bob.codes[1].code.expose().to_owned();
+        assert_eq!(
+            store.verify("bob", &b1, &ctx).unwrap().decision,
+            Decision::Accept
+        );
+        assert_eq!(
+            store.list_devices("bob").unwrap()[0].name.as_deref(),
+            Some("work")
+        );
+        assert!(store.find_user("carol").unwrap().trashed_at.is_some());
+        // Codes are still found by id, and a purge cascades through the new tables.
+        let id = alice.codes[2].info.id.to_string();
+        assert_eq!(store.delete_code(&id, &ctx).unwrap().id.as_str(), id);
+        store.purge_user("alice", &ctx).unwrap();
+        store
+            .add_user(
+                NewUser {
+                    username: "alice".into(),
+                    ..NewUser::default()
+                },
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(store.list_codes(Some("alice")).unwrap().len(), 0);
+        assert_eq!(
+            store.list_codes(None).unwrap().len(),
+            2,
+            "bob's last and carol's"
+        );
+    }
 }

@@ -1171,6 +1171,109 @@ fn admin_keys_are_sealed_listed_and_revoked(kind: Kind) {
     }
 }
 
+fn enrolment_in_one_call_matches_the_three_calls(b: Kind) {
+    let mut f = fixture(b);
+    let req = CodeRequest {
+        count: 10,
+        reuse_count: 2,
+        valid_secs: 0,
+        ..CodeRequest::default()
+    };
+    let (enrolled, by_calls) = f
+        .store
+        .batch(&f.ctx, |b| {
+            let e = b.enrol(
+                NewUser {
+                    username: "alice".into(),
+                    aliases: vec!["al".into()],
+                    ..NewUser::default()
+                },
+                DeviceKind::Token,
+                Some("desk".into()),
+                &req,
+            )?;
+            b.add_user(NewUser {
+                username: "bob".into(),
+                ..NewUser::default()
+            })?;
+            b.add_device("bob", DeviceKind::Token, Some("desk".into()))?;
+            let issued = b.generate_codes("bob", &req)?;
+            Ok((e, issued))
+        })
+        .unwrap();
+    assert!(enrolled.issued.enrolled);
+    assert_eq!(enrolled.issued.replaced, 0);
+    assert_eq!(enrolled.issued.codes.len(), 10);
+    assert_eq!(
+        f.store.list_devices("al").unwrap(),
+        [enrolled.device.clone()]
+    );
+    assert_eq!(f.store.list_codes(Some("alice")).unwrap().len(), 10);
+
+    // The same events, in the same order, as the three calls give.
+    let events = f.store.audit(&AuditFilter::default()).unwrap();
+    let shape = |user: &str| -> Vec<(String, Option<String>, Option<String>)> {
+        events
+            .iter()
+            .filter(|e| e.username.as_deref() == Some(user))
+            .map(|e| {
+                let detail = e.detail.as_ref().map(|d| match d.split_once(' ') {
+                    // The device id differs; its kind must not.
+                    Some((id, rest)) if id.starts_with("device=") => rest.to_owned(),
+                    _ => d.clone(),
+                });
+                (e.action.clone(), detail, e.code_id.clone())
+            })
+            .collect()
+    };
+    let (a, b) = (shape("alice"), shape("bob"));
+    assert_eq!(a.len(), 12);
+    let strip = |v: &[(String, Option<String>, Option<String>)]| -> Vec<_> {
+        v.iter().map(|(x, d, _)| (x.clone(), d.clone())).collect()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    let ids: Vec<Option<String>> = enrolled
+        .issued
+        .codes
+        .iter()
+        .map(|c| Some(c.info.id.to_string()))
+        .collect();
+    let audited: Vec<Option<String>> = a[2..].iter().map(|(_, _, c)| c.clone()).collect();
+    assert_eq!(audited, ids, "one code.generate per code, by id");
+    assert_eq!(by_calls.codes.len(), 10);
+
+    // Each code works exactly as many times as issued.
+    let code = enrolled.issued.codes[4].code.expose().to_owned();
+    for expected in [
+        Decision::Accept,
+        Decision::Accept,
+        Decision::Reject(Reason::WrongCode),
+    ] {
+        assert_eq!(
+            f.store.verify("alice", &code, &f.ctx).unwrap().decision,
+            expected
+        );
+    }
+
+    // A taken name refuses the whole enrolment.
+    let err = f
+        .store
+        .batch(&f.ctx, |b| {
+            b.enrol(
+                NewUser {
+                    username: "AL".into(),
+                    ..NewUser::default()
+                },
+                DeviceKind::Phone,
+                None,
+                &req,
+            )
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert_eq!(f.store.list_users(&UserFilter::default()).unwrap().len(), 2);
+}
+
 /// Each rule above runs once on SQLite and once on PostgreSQL.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1213,6 +1316,7 @@ on_both_backends!(
     a_failed_attempt_is_undone_alone,
     last_login_is_kept_to_the_minute,
     admin_keys_are_sealed_listed_and_revoked,
+    enrolment_in_one_call_matches_the_three_calls,
 );
 
 #[test]
