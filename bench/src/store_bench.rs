@@ -33,13 +33,14 @@ use sparekey::{
 const USAGE: &str = "\
 usage:
   store-bench create --dir DIR --users N [--codes 10] [--batch 10000] [--sample 10000]
-                     [--synchronous full|normal]
+                     [--synchronous full|normal] [--path enrol|calls]
   store-bench verify --samples M [--users 1000000] [--small-users 1000] [--rounds 3]
                      [--synchronous full|normal|both] [--warmup 1000]
                      [--large-dir DIR] [--small-dir DIR] [--work-dir /tmp] [--keep]
 
 create makes DIR (which must not hold a store yet) with sparekey.db, sparekey.key (0600)
-and sample-usernames.txt. verify reuses stores made by create when given their
+and sample-usernames.txt. --path enrol (the default) creates each user with Batch::enrol;
+--path calls with Batch::add_user, add_device and generate_codes. verify reuses stores made by create when given their
 directories (it then issues new codes to the sampled users, since codes are never
 written down), and otherwise builds them under --work-dir and deletes them afterwards.";
 
@@ -249,8 +250,18 @@ fn store_bytes(db: &Path) -> (u64, u64) {
     )
 }
 
+/// Which library calls create a user.
+#[derive(Clone, Copy)]
+enum CreatePath {
+    /// `Batch::enrol`: the user, the device and the codes in one call.
+    Enrol,
+    /// `Batch::add_user`, `add_device` and `generate_codes`, as an admin would one by one.
+    Calls,
+}
+
 /// Options of a store build.
 struct BuildOptions {
+    path: CreatePath,
     users: u64,
     codes: usize,
     batch: u64,
@@ -301,12 +312,18 @@ fn build_store(dir: &Path, opt: &BuildOptions) -> Result<(Vec<Sample>, Created)>
         store.batch(&ctx, |b| {
             for i in next..end {
                 let name = username(i);
-                b.add_user(NewUser {
+                let new = NewUser {
                     username: name.clone(),
                     ..Default::default()
-                })?;
-                b.add_device(&name, DeviceKind::Phone, None)?;
-                let mut issued = b.generate_codes(&name, &req)?;
+                };
+                let mut issued = match opt.path {
+                    CreatePath::Enrol => b.enrol(new, DeviceKind::Phone, None, &req)?.issued,
+                    CreatePath::Calls => {
+                        b.add_user(new)?;
+                        b.add_device(&name, DeviceKind::Phone, None)?;
+                        b.generate_codes(&name, &req)?
+                    }
+                };
                 if i % stride == 0 && (samples.len() as u64) < sample {
                     if let Some(c) = issued.codes.pop() {
                         samples.push(Sample {
@@ -366,6 +383,11 @@ fn build_store(dir: &Path, opt: &BuildOptions) -> Result<(Vec<Sample>, Created)>
 fn cmd_create(flags: &Flags) -> Result<()> {
     let dir: PathBuf = flags.get("dir")?.context("--dir is required")?;
     let opt = BuildOptions {
+        path: match flags.raw("path")?.unwrap_or("enrol") {
+            "enrol" => CreatePath::Enrol,
+            "calls" => CreatePath::Calls,
+            p => bail!("--path: expected enrol or calls, got {p:?}"),
+        },
         users: flags.get("users")?.context("--users is required")?,
         codes: flags.get("codes")?.unwrap_or(10),
         batch: flags.get("batch")?.unwrap_or(10_000),
@@ -379,12 +401,16 @@ fn cmd_create(flags: &Flags) -> Result<()> {
         bail!("{} already holds a store", dir.display());
     }
     eprintln!(
-        "creating {} users x 1 device x {} codes in {} (batch {}, synchronous={})",
+        "creating {} users x 1 device x {} codes in {} (batch {}, synchronous={}, path {})",
         opt.users,
         opt.codes,
         dir.display(),
         opt.batch,
-        sync_name(opt.synchronous)
+        sync_name(opt.synchronous),
+        match opt.path {
+            CreatePath::Enrol => "enrol",
+            CreatePath::Calls => "calls",
+        }
     );
     let (_samples, created) = build_store(&dir, &opt)?;
     println!("{}", created.report());
@@ -637,6 +663,7 @@ fn cmd_verify(flags: &Flags) -> Result<()> {
         let (samples, created) = build_store(
             &d,
             &BuildOptions {
+                path: CreatePath::Enrol,
                 users,
                 codes: 10,
                 batch: 10_000,
