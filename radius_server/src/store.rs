@@ -59,7 +59,15 @@ struct Opened {
 impl Opened {
     fn open(config: &Config) -> Result<Opened, Error> {
         let watch = match config.location() {
-            Location::Sqlite(path) => Some(Watch::open(path).map_err(|c| fault(path, &c))?),
+            Location::Sqlite(path) => {
+                let w = Watch::open(path).map_err(|c| fault(path, &c))?;
+                // SQLite would open a file it cannot write read-only and fail only at the
+                // first verification; say so now.
+                if let Some(cause) = probe_write(path) {
+                    return Err(fault(path, &cause));
+                }
+                Some(w)
+            }
             Location::Postgres(_) => None,
         };
         let store = Store::open(config).map_err(|e| explain(config, e))?;
@@ -238,6 +246,7 @@ fn io_cause(e: &std::io::Error) -> String {
         ErrorKind::NotFound => "missing (no such file)".into(),
         ErrorKind::ReadOnlyFilesystem => READ_ONLY.into(),
         ErrorKind::StorageFull => FULL.into(),
+        ErrorKind::PermissionDenied => format!("permission denied ({e})"),
         _ => format!("I/O error ({e})"),
     }
 }
