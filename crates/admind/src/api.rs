@@ -86,12 +86,38 @@ struct PendingPhone {
     number: String,
 }
 
+/// Failed authentications a peer may make at once; past them it is answered 429 until
+/// its allowance comes back, one every [`AUTH_FAILURE_REFILL_SECS`].
+const AUTH_FAILURE_BURST: f64 = 20.0;
+const AUTH_FAILURE_REFILL_SECS: f64 = 3.0;
+/// Peers whose failures are remembered at once; past this, the forgiven ones are dropped.
+const MAX_TRACKED_PEERS: usize = 10_000;
+/// Checked with any unknown integration key, so that it costs what a known one does.
+const STAND_IN_SECRET: &[u8] = b"0000000000000000000000000000000000000000";
+
+/// What is left of a peer's allowance of failed authentications.
+#[derive(Debug, Clone, Copy)]
+struct FailureBudget {
+    left: f64,
+    at: i64,
+}
+
+impl FailureBudget {
+    fn now(self, now: i64) -> f64 {
+        let back = now.saturating_sub(self.at).max(0) as f64 / AUTH_FAILURE_REFILL_SECS;
+        (self.left + back).min(AUTH_FAILURE_BURST)
+    }
+}
+
 /// The API over one store.
 #[derive(Debug)]
 pub struct Api {
     store: Store,
     hostname: Option<String>,
     pending_phones: HashMap<String, PendingPhone>,
+    failures: HashMap<IpAddr, FailureBudget>,
+    /// When a refusal for too many failures was last logged (one line per 10 s at most).
+    throttled_logged: i64,
 }
 
 /// The request's parameters, from the query, a form body or a JSON object body.
@@ -154,7 +180,32 @@ impl Api {
             store,
             hostname,
             pending_phones: HashMap::new(),
+            failures: HashMap::new(),
+            throttled_logged: i64::MIN,
         }
+    }
+
+    /// Whether `peer` has used up its failed authentications.
+    fn throttled(&self, peer: IpAddr, now: i64) -> bool {
+        self.failures.get(&peer).is_some_and(|b| b.now(now) < 1.0)
+    }
+
+    /// Takes one failed authentication from `peer`'s allowance.
+    fn charge_failure(&mut self, peer: IpAddr, now: i64) {
+        if self.failures.len() >= MAX_TRACKED_PEERS && !self.failures.contains_key(&peer) {
+            self.failures.retain(|_, b| b.now(now) < AUTH_FAILURE_BURST);
+            if self.failures.len() >= MAX_TRACKED_PEERS {
+                self.failures.clear();
+            }
+        }
+        let b = self.failures.entry(peer).or_insert(FailureBudget {
+            left: AUTH_FAILURE_BURST,
+            at: now,
+        });
+        *b = FailureBudget {
+            left: (b.now(now) - 1.0).max(0.0),
+            at: now,
+        };
     }
 
     /// Answers one request from `peer`, received at Unix time `now`.
@@ -164,9 +215,23 @@ impl Api {
             ..Source::default()
         };
         let call = format!("{} {}", req.method, sanitize(&req.path, 200));
+        // A peer that keeps failing is refused before any work, and not audited each time
+        // (a flood would fill the log): one line every 10 seconds says it goes on.
+        if self.throttled(peer, now) {
+            if now.saturating_sub(self.throttled_logged) >= 10 {
+                self.throttled_logged = now;
+                log::warn!("refused {call} from {peer}: too many failed authentications");
+            }
+            return fail_reply(&Fail::new(
+                42901,
+                "Too Many Requests",
+                "too many failed authentications".to_owned(),
+            ));
+        }
         let (key, params) = match self.authenticate(req, now) {
             Ok(x) => x,
             Err(f) => {
+                self.charge_failure(peer, now);
                 let ctx = Context::new("admin_api").with_source(source);
                 let reason = format!("{} {}", f.code, f.detail.as_deref().unwrap_or(f.message));
                 // The integration key is not secret, and says who tried.
@@ -269,11 +334,14 @@ impl Api {
                 "signature",
             )
         };
-        let (key, secret) = self
+        let Some((key, secret)) = self
             .store
             .admin_key_secret(&auth.ikey)
             .map_err(Fail::from)?
-            .ok_or_else(invalid)?;
+        else {
+            let _ = sign::verify(&signed, &auth, STAND_IN_SECRET);
+            return Err(invalid());
+        };
         sign::verify(&signed, &auth, secret.expose().as_bytes()).ok_or_else(invalid)?;
         if !sign::date_is_fresh(date, now) {
             return Err(unauth(40105, "Request has expired", "date"));
@@ -694,6 +762,8 @@ mod tests {
         skey: String,
         /// How far the server's clock is ahead of the request's date.
         skew: i64,
+        /// Where requests come from.
+        peer: IpAddr,
     }
 
     fn fixture(role: Role, create: bool, customise: bool) -> Fixture {
@@ -719,6 +789,7 @@ mod tests {
             ikey: k.ikey,
             skey: s.expose().to_owned(),
             skew: 0,
+            peer: "127.0.0.1".parse().unwrap(),
         }
     }
 
@@ -783,7 +854,7 @@ mod tests {
                 body: body.into_bytes(),
             };
             let now = sign::parse_date(DATE).unwrap() + self.skew;
-            self.api.handle(&req, "127.0.0.1".parse().unwrap(), now)
+            self.api.handle(&req, self.peer, now)
         }
 
         fn enrolled(&mut self, name: &str) -> String {
@@ -972,5 +1043,53 @@ mod tests {
         let detail = bad_sig.detail.as_deref().unwrap();
         assert_eq!(detail, format!("GET /admin/v1/users ikey={}", f.ikey));
         assert!(!format!("{events:?}").contains(&f.skey));
+    }
+
+    #[test]
+    fn a_peer_that_keeps_failing_is_refused_for_a_while_and_others_are_not() {
+        let mut f = fixture(Role::Owner, true, true);
+        let right = f.skey.clone();
+        f.skey = "not-the-secret".repeat(3);
+        for _ in 0..20 {
+            assert_eq!(f.call("GET", "/admin/v1/users", None).status, 401);
+        }
+        let r = f.call("GET", "/admin/v1/users", None);
+        assert_eq!((r.status, r.body["code"].as_u64()), (429, Some(42901)));
+        // Refused before any check: the right secret waits too, and nothing is audited.
+        let audited = f
+            .api
+            .store
+            .audit(&sparekey::AuditFilter::default())
+            .unwrap()
+            .len();
+        f.skey = right;
+        assert_eq!(f.call("GET", "/admin/v1/users", None).status, 429);
+        assert_eq!(
+            f.api
+                .store
+                .audit(&sparekey::AuditFilter::default())
+                .unwrap()
+                .len(),
+            audited
+        );
+        // Another peer has its own allowance.
+        f.peer = "127.0.0.2".parse().unwrap();
+        assert_eq!(f.call("GET", "/admin/v1/users", None).status, 200);
+        // One failure's allowance comes back every three seconds.
+        f.peer = "127.0.0.1".parse().unwrap();
+        f.skew = 2;
+        assert_eq!(f.call("GET", "/admin/v1/users", None).status, 429);
+        f.skew = 3;
+        assert_eq!(f.call("GET", "/admin/v1/users", None).status, 200);
+    }
+
+    #[test]
+    fn an_unknown_key_and_a_wrong_signature_get_the_same_answer() {
+        let mut f = fixture(Role::Owner, true, true);
+        f.skey = "not-the-secret".repeat(3);
+        let wrong = f.call("GET", "/admin/v1/users", None);
+        f.ikey = "DINOSUCHKEY0000000000".into();
+        let unknown = f.call("GET", "/admin/v1/users", None);
+        assert_eq!((wrong.status, &wrong.body), (unknown.status, &unknown.body));
     }
 }
