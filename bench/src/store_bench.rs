@@ -34,13 +34,15 @@ const USAGE: &str = "\
 usage:
   store-bench create --dir DIR --users N [--codes 10] [--batch 10000] [--sample 10000]
                      [--synchronous full|normal] [--path enrol|calls]
+                     [--checkpoints inline|thread]
   store-bench verify --samples M [--users 1000000] [--small-users 1000] [--rounds 3]
                      [--synchronous full|normal|both] [--warmup 1000]
                      [--large-dir DIR] [--small-dir DIR] [--work-dir /tmp] [--keep]
 
 create makes DIR (which must not hold a store yet) with sparekey.db, sparekey.key (0600)
 and sample-usernames.txt. --path enrol (the default) creates each user with Batch::enrol;
---path calls with Batch::add_user, add_device and generate_codes. verify reuses stores made by create when given their
+--path calls with Batch::add_user, add_device and generate_codes. --checkpoints thread
+leaves checkpoints to a second connection on another thread. verify reuses stores made by create when given their
 directories (it then issues new codes to the sampled users, since codes are never
 written down), and otherwise builds them under --work-dir and deletes them afterwards.";
 
@@ -229,9 +231,10 @@ impl Created {
         );
         let _ = write!(
             s,
-            "RESULT create users={n} secs={secs:.3} users_per_s={:.0} db_open={db} wal_open={wal} db_checkpointed={db2} wal_checkpointed={wal2} purge_secs={:.3}",
+            "RESULT create users={n} secs={secs:.3} users_per_s={:.0} db_open={db} wal_open={wal} db_checkpointed={db2} wal_checkpointed={wal2} purge_secs={:.3} secs_with_purge={:.3}",
             n as f64 / secs,
-            self.purge.as_secs_f64()
+            self.purge.as_secs_f64(),
+            secs + self.purge.as_secs_f64()
         );
         s
     }
@@ -259,9 +262,19 @@ enum CreatePath {
     Calls,
 }
 
+/// Who checkpoints the log during a build.
+#[derive(Clone, Copy)]
+enum Checkpoints {
+    /// The writer, at the commit that passes 1000 pages (the library's default).
+    Inline,
+    /// A second connection on its own thread (`Store::defer_checkpoints` on the writer).
+    Thread,
+}
+
 /// Options of a store build.
 struct BuildOptions {
     path: CreatePath,
+    checkpoints: Checkpoints,
     users: u64,
     codes: usize,
     batch: u64,
@@ -304,49 +317,42 @@ fn build_store(dir: &Path, opt: &BuildOptions) -> Result<(Vec<Sample>, Created)>
         Policy::default(),
         Arc::new(SystemClock),
     )?;
-    let mut next = 0u64;
-    let mut last_report = (Instant::now(), 0u64);
-    let report_every = (opt.users / 10).max(opt.batch);
-    while next < opt.users {
-        let end = (next + opt.batch).min(opt.users);
-        store.batch(&ctx, |b| {
-            for i in next..end {
-                let name = username(i);
-                let new = NewUser {
-                    username: name.clone(),
-                    ..Default::default()
-                };
-                let mut issued = match opt.path {
-                    CreatePath::Enrol => b.enrol(new, DeviceKind::Phone, None, &req)?.issued,
-                    CreatePath::Calls => {
-                        b.add_user(new)?;
-                        b.add_device(&name, DeviceKind::Phone, None)?;
-                        b.generate_codes(&name, &req)?
+    // With `--checkpoints thread`, a second connection folds the log into the database
+    // while the writer goes on with the next batch, as sparekey-radiusd's checkpointer
+    // does; otherwise the writer checkpoints at the commit that passes 1000 pages.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<()> {
+        let checkpointer = match opt.checkpoints {
+            Checkpoints::Inline => None,
+            Checkpoints::Thread => {
+                store.defer_checkpoints()?;
+                let mut other = open_store(dir, opt.synchronous)?;
+                let stop = &stop;
+                Some(scope.spawn(move || -> Result<()> {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        other.checkpoint()?;
+                        std::thread::sleep(Duration::from_millis(20));
                     }
-                };
-                if i % stride == 0 && (samples.len() as u64) < sample {
-                    if let Some(c) = issued.codes.pop() {
-                        samples.push(Sample {
-                            username: name,
-                            code: c.code,
-                        });
-                    }
-                }
+                    Ok(())
+                }))
             }
-            Ok(())
-        })?;
-        next = end;
-        if next - last_report.1 >= report_every || next == opt.users {
-            let dt = last_report.0.elapsed().as_secs_f64();
-            eprintln!(
-                "  {next:>9} users  {:7.1} s  {:8.0} users/s over the last {} users",
-                start.elapsed().as_secs_f64(),
-                (next - last_report.1) as f64 / dt,
-                next - last_report.1
-            );
-            last_report = (Instant::now(), next);
+        };
+        let r = fill(
+            &mut store,
+            opt,
+            &ctx,
+            &req,
+            (stride, sample),
+            &mut samples,
+            start,
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = checkpointer {
+            t.join()
+                .map_err(|_| anyhow!("the checkpointer panicked"))??;
         }
-    }
+        r
+    })?;
     let elapsed = start.elapsed();
     let bytes_open = store_bytes(&cfg.path);
     // The library reaches `wal_checkpoint(TRUNCATE)` only through purge; with no code
@@ -380,6 +386,63 @@ fn build_store(dir: &Path, opt: &BuildOptions) -> Result<(Vec<Sample>, Created)>
     ))
 }
 
+/// Adds `opt.users` users in batches of `opt.batch`, keeping one code of every
+/// `stride`-th user in `samples`, up to `sample` of them.
+fn fill(
+    store: &mut Store,
+    opt: &BuildOptions,
+    ctx: &Context,
+    req: &CodeRequest,
+    (stride, sample): (u64, u64),
+    samples: &mut Vec<Sample>,
+    start: Instant,
+) -> Result<()> {
+    let mut next = 0u64;
+    let mut last_report = (Instant::now(), 0u64);
+    let report_every = (opt.users / 10).max(opt.batch);
+    while next < opt.users {
+        let end = (next + opt.batch).min(opt.users);
+        store.batch(ctx, |b| {
+            for i in next..end {
+                let name = username(i);
+                let new = NewUser {
+                    username: name.clone(),
+                    ..Default::default()
+                };
+                let mut issued = match opt.path {
+                    CreatePath::Enrol => b.enrol(new, DeviceKind::Phone, None, req)?.issued,
+                    CreatePath::Calls => {
+                        b.add_user(new)?;
+                        b.add_device(&name, DeviceKind::Phone, None)?;
+                        b.generate_codes(&name, req)?
+                    }
+                };
+                if i % stride == 0 && (samples.len() as u64) < sample {
+                    if let Some(c) = issued.codes.pop() {
+                        samples.push(Sample {
+                            username: name,
+                            code: c.code,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        next = end;
+        if next - last_report.1 >= report_every || next == opt.users {
+            let dt = last_report.0.elapsed().as_secs_f64();
+            eprintln!(
+                "  {next:>9} users  {:7.1} s  {:8.0} users/s over the last {} users",
+                start.elapsed().as_secs_f64(),
+                (next - last_report.1) as f64 / dt,
+                next - last_report.1
+            );
+            last_report = (Instant::now(), next);
+        }
+    }
+    Ok(())
+}
+
 fn cmd_create(flags: &Flags) -> Result<()> {
     let dir: PathBuf = flags.get("dir")?.context("--dir is required")?;
     let opt = BuildOptions {
@@ -387,6 +450,11 @@ fn cmd_create(flags: &Flags) -> Result<()> {
             "enrol" => CreatePath::Enrol,
             "calls" => CreatePath::Calls,
             p => bail!("--path: expected enrol or calls, got {p:?}"),
+        },
+        checkpoints: match flags.raw("checkpoints")?.unwrap_or("inline") {
+            "inline" => Checkpoints::Inline,
+            "thread" => Checkpoints::Thread,
+            c => bail!("--checkpoints: expected inline or thread, got {c:?}"),
         },
         users: flags.get("users")?.context("--users is required")?,
         codes: flags.get("codes")?.unwrap_or(10),
@@ -664,6 +732,7 @@ fn cmd_verify(flags: &Flags) -> Result<()> {
             &d,
             &BuildOptions {
                 path: CreatePath::Enrol,
+                checkpoints: Checkpoints::Inline,
                 users,
                 codes: 10,
                 batch: 10_000,
