@@ -13,6 +13,9 @@ use sparekey_radiusd::config::RadiusConfig;
 use sparekey_radiusd::server::{self, Counters};
 use sparekey_radiusd::writer::Verify;
 
+#[path = "../../tests/support/hygiene.rs"]
+mod hygiene;
+
 const SECRET: &str = "smoke-test-secret-0123456789";
 
 fn serve(
@@ -76,6 +79,7 @@ fn the_generator_drives_sparekey_radiusd_and_every_answer_is_as_expected() {
     let config = Config::load(&dir.path().join("sparekey.toml")).unwrap();
     let users = Arc::new(radius_load::read_users(&dir.path().join("users.csv")).unwrap());
     assert_eq!(users.len(), 200);
+    hygiene::issued(users.iter().map(|(_, code)| code));
     let fr = std::fs::read_to_string(dir.path().join("freeradius-users")).unwrap();
     assert_eq!(fr.lines().count(), 200);
 
@@ -110,4 +114,6 @@ fn the_generator_drives_sparekey_radiusd_and_every_answer_is_as_expected() {
             + counters.rejects.load(std::sync::atomic::Ordering::SeqCst),
         400
     );
+    // The generator's inputs hold the codes by design; the rest must not.
+    hygiene::keep_except(dir.path(), &["users.csv", "freeradius-users"]);
 }

@@ -4,13 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use sparekey::store::{NewAdminKey, Role};
 use sparekey::{Config, Context, Decision, Store};
+
+#[path = "../../../tests/support/hygiene.rs"]
+mod hygiene;
 
 const RADIUS_SECRET: &str = "a-long-random-test-secret-for-the-nas";
 
@@ -32,7 +35,8 @@ fn radius_login(config: &Path, user: &str, code: &str) -> bool {
             break a.split_whitespace().next().unwrap().parse().unwrap();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // The rest of the log goes beside the config, where the suite's leak check finds it.
+    let drain = log_to(lines, &config.parent().unwrap().join("radiusd.log"));
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
@@ -43,7 +47,25 @@ fn radius_login(config: &Path, user: &str, code: &str) -> bool {
     let reply = client::check_reply(&buf[..n], &req, RADIUS_SECRET.as_bytes()).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    let _ = drain.join();
     reply == Reply::Accept
+}
+
+/// Appends the lines a child writes to `path`, on a thread of its own.
+fn log_to(
+    lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static,
+    path: &Path,
+) -> std::thread::JoinHandle<()> {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
+        }
+    })
 }
 
 /// The `sparekey` CLI and `sparekey-radiusd`, built by cargo for this test (cargo does not
@@ -139,14 +161,19 @@ struct Admind {
     port: u16,
     config: Config,
     file: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     ca: Option<PathBuf>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Admind {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = self.drain.take() {
+            let _ = d.join();
+        }
+        hygiene::keep(self.dir.path());
     }
 }
 
@@ -262,14 +289,16 @@ fn start(tls: bool) -> Admind {
             break addr.rsplit(':').next().unwrap().parse().unwrap();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // The rest of the log goes to a file, which the suite's leak check keeps.
+    let drain = log_to(lines, &dir.path().join("admind.log"));
     Admind {
         child,
         port,
         config,
         file,
-        _dir: dir,
+        dir,
         ca,
+        drain: Some(drain),
     }
 }
 
@@ -348,6 +377,7 @@ fn duo_client_end_to_end(tls: bool, sig_version: u8) {
     // under the user's alias, once.
     let code = out["code"].as_str().unwrap();
     let custom = out["custom"].as_str().unwrap();
+    hygiene::issued([code, custom]);
     assert!(cli_verify(&server.file, &username, code));
     assert!(cli_verify(&server.file, &format!("{username}-alt"), custom));
     assert!(!cli_verify(&server.file, &username, custom), "used up");
