@@ -2,13 +2,17 @@
 //! packet, answer duplicates from the reply cache, hand verifications to the writer, and
 //! send replies. Sockets and the store are passed in, so tests bind `127.0.0.1:0`.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -17,7 +21,7 @@ use sparekey::audit::display_login;
 use sparekey::{Context, Decision, Source, Verdict};
 
 use crate::config::{BypassStatus, ClientConfig, RadiusConfig};
-use crate::protocol::{self, Answer, Drop, Kind, Request};
+use crate::protocol::{self, Answer, Drop, Kind, ReplyTo, SharedSecret};
 use crate::writer::{self, Done, Job, Queue, Refused, Verify};
 
 /// How long a reply is kept to answer retransmissions (RFC 5080 section 2.2.2).
@@ -26,6 +30,8 @@ pub const REPLY_CACHE_SECS: u64 = 30;
 const REPLY_CACHE_MAX: usize = 262_144;
 /// At most one log line per this many seconds about datagrams from unknown addresses.
 const UNKNOWN_LOG_EVERY: Duration = Duration::from_secs(10);
+/// At most this many replies per `sendmmsg` call.
+const SEND_BATCH: usize = 256;
 
 /// Counters of what happened to datagrams.
 #[derive(Debug, Default)]
@@ -132,25 +138,51 @@ impl Bucket {
     }
 }
 
+/// A client, with what every one of its packets needs made once: the prepared secret and
+/// the audit actor.
 #[derive(Debug)]
 struct Client {
     config: ClientConfig,
+    secret: SharedSecret,
+    /// `radius:<name>`, as [`Context::new`] makes it.
+    actor: String,
+    /// No rate limit: the bucket is never locked.
+    unlimited: bool,
     bucket: Mutex<Bucket>,
 }
 
 /// A request's identity for duplicate detection (RFC 5080): source address and port,
 /// identifier and request authenticator.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key {
     from: SocketAddr,
     id: u8,
     authenticator: [u8; 16],
 }
 
+impl Hash for Key {
+    /// The whole identity in one write: the keyed hasher then runs once over 36 octets,
+    /// not once per field. Equal keys write equal octets.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut b = [0u8; 36];
+        match self.from.ip() {
+            IpAddr::V4(a) => b[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => {
+                b[..16].copy_from_slice(&a.octets());
+                b[35] = 6;
+            }
+        }
+        b[16..18].copy_from_slice(&self.from.port().to_be_bytes());
+        b[18] = self.id;
+        b[19..35].copy_from_slice(&self.authenticator);
+        state.write(&b);
+    }
+}
+
 #[derive(Debug)]
 enum Entry {
     InProgress,
-    Done(Arc<Vec<u8>>),
+    Done(Vec<u8>),
 }
 
 #[derive(Debug, Default)]
@@ -167,8 +199,10 @@ impl ReplyCache {
                 break;
             }
             if let Some((at, key)) = self.order.pop_front() {
-                if self.map.get(&key).is_some_and(|(t, _)| *t == at) {
-                    self.map.remove(&key);
+                if let Slot::Occupied(e) = self.map.entry(key) {
+                    if e.get().0 == at {
+                        e.remove();
+                    }
                 }
             }
         }
@@ -217,11 +251,14 @@ impl Shared {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn finish(&self, key: Key, bytes: Arc<Vec<u8>>) {
+    /// Caches the replies sent, so that retransmissions get them again.
+    fn finish(&self, sent: impl IntoIterator<Item = (Key, Vec<u8>)>) {
         let now = Instant::now();
         let mut c = self.cache_lock();
-        c.map.insert(key.clone(), (now, Entry::Done(bytes)));
-        c.order.push_back((now, key));
+        for (key, bytes) in sent {
+            c.map.insert(key, (now, Entry::Done(bytes)));
+            c.order.push_back((now, key));
+        }
     }
 }
 
@@ -255,11 +292,20 @@ pub struct Stopped {
 /// A request waiting for the writer: what it takes to answer it once its batch commits.
 #[derive(Debug)]
 struct Pending {
-    req: Request,
+    reply_to: ReplyTo,
+    /// User-Name as sent, for the log line when the verifier names no user.
+    user_name: String,
     key: Key,
-    from: SocketAddr,
     client: usize,
     sock: Arc<UdpSocket>,
+}
+
+/// A reply on its way out.
+#[derive(Debug)]
+struct Outgoing {
+    key: Key,
+    sock: Arc<UdpSocket>,
+    bytes: Vec<u8>,
 }
 
 /// Serves RADIUS on `sockets`, deciding with `store` (a [`sparekey::Store`]), until
@@ -280,6 +326,9 @@ pub async fn run(
             .iter()
             .map(|c| Client {
                 config: c.clone(),
+                secret: SharedSecret::new(c.secret.expose()),
+                actor: Context::new(format!("radius:{}", c.name)).actor,
+                unlimited: c.rate_limit == 0,
                 bucket: Mutex::new(Bucket {
                     rate: f64::from(c.rate_limit),
                     tokens: f64::from(c.rate_limit) * 2.0,
@@ -309,17 +358,22 @@ pub async fn run(
         let shared = shared.clone();
         tokio::spawn(async move {
             while let Some(batch) = done_rx.recv().await {
-                for (p, verdict) in batch {
-                    let client = &shared.clients[p.client];
-                    let answer = decide(&shared, &client.config.name, &p.req, verdict);
-                    let bytes = Arc::new(protocol::reply(
-                        &p.req,
-                        answer,
-                        client.config.secret.expose(),
-                    ));
-                    shared.finish(p.key, bytes.clone());
-                    send(&p.sock, &bytes, p.from).await;
-                }
+                let out: Vec<Outgoing> = batch
+                    .into_iter()
+                    .map(|(p, verdict)| {
+                        let client = &shared.clients[p.client];
+                        let answer = decide(&shared, client, &p.user_name, verdict);
+                        Outgoing {
+                            key: p.key,
+                            sock: p.sock,
+                            bytes: protocol::encode_reply(&p.reply_to, answer, &client.secret),
+                        }
+                    })
+                    // An empty reply (one too large to encode) is neither sent nor cached.
+                    .filter(|o| !o.bytes.is_empty())
+                    .collect();
+                send_all(&out).await;
+                shared.finish(out.into_iter().map(|o| (o.key, o.bytes)));
             }
         })
     };
@@ -353,6 +407,9 @@ async fn receive(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; protocol::MAX_PACKET + 1];
+    // The last source address and its text: a NAS sends from one address, so the
+    // audit's copy is made from this rather than formatted for every request.
+    let mut address: Option<(IpAddr, String)> = None;
     loop {
         let (n, from) = tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
@@ -364,7 +421,7 @@ async fn receive(
             },
             _ = stop.changed() => break,
         };
-        handle(&shared, &sock, &queue, &buf[..n], from).await;
+        handle(&shared, &sock, &queue, &buf[..n], from, &mut address).await;
     }
 }
 
@@ -376,6 +433,7 @@ async fn handle(
     queue: &Queue<Pending>,
     datagram: &[u8],
     from: SocketAddr,
+    address: &mut Option<(IpAddr, String)>,
 ) {
     let c = &shared.counters;
     let Some((index, client)) = shared.client(from.ip()) else {
@@ -383,19 +441,20 @@ async fn handle(
         shared.log_unknown(from);
         return;
     };
-    if !client
-        .bucket
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take(Instant::now())
+    let now = Instant::now();
+    if !client.unlimited
+        && !client
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(now)
     {
         Counters::bump(&c.rate_limited);
         return;
     }
-    let secret = client.config.secret.expose();
-    let req = match protocol::parse(
+    let req = match protocol::decode(
         datagram,
-        secret,
+        &client.secret,
         client.config.require_message_authenticator,
     ) {
         Ok(r) => r,
@@ -409,23 +468,22 @@ async fn handle(
             return;
         }
     };
-    let mut authenticator = [0u8; 16];
-    authenticator.copy_from_slice(&datagram[4..20]);
     let key = Key {
         from,
         id: req.identifier(),
-        authenticator,
+        authenticator: *req.reply_to.authenticator(),
     };
     let cached = {
-        let now = Instant::now();
         let mut cache = shared.cache_lock();
         cache.expire(now);
-        match cache.map.get(&key) {
-            Some((_, Entry::Done(bytes))) => Some(Some(bytes.clone())),
-            Some((_, Entry::InProgress)) => Some(None),
-            None => {
-                cache.map.insert(key.clone(), (now, Entry::InProgress));
-                cache.order.push_back((now, key.clone()));
+        match cache.map.entry(key) {
+            Slot::Occupied(e) => match &e.get().1 {
+                Entry::Done(bytes) => Some(Some(bytes.clone())),
+                Entry::InProgress => Some(None),
+            },
+            Slot::Vacant(e) => {
+                e.insert((now, Entry::InProgress));
+                cache.order.push_back((now, key));
                 None
             }
         }
@@ -442,47 +500,60 @@ async fn handle(
         }
         None => {}
     }
-    let login = match req.kind {
+    let mut login = match req.kind {
         Kind::Status => {
             Counters::bump(&c.status);
-            let bytes = Arc::new(protocol::reply(&req, Answer::Accept, secret));
-            shared.finish(key, bytes.clone());
+            let bytes = protocol::encode_reply(&req.reply_to, Answer::Accept, &client.secret);
             send(sock, &bytes, from).await;
+            shared.finish([(key, bytes)]);
             return;
         }
-        Kind::Access(ref l) => l,
+        Kind::Access(l) => l,
     };
     let name = &client.config.name;
-    let Some(password) = login.password.clone() else {
+    let Some(password) = login.password.take() else {
         // CHAP, EAP and the rest need the code in the clear; a digest cannot answer them.
         log::info!(
             "auth client={name} user={} result=reject reason=not_pap",
             display_login(&login.user_name)
         );
         Counters::bump(&c.rejects);
-        let bytes = Arc::new(protocol::reply(&req, Answer::Reject, secret));
-        shared.finish(key, bytes.clone());
+        let bytes = protocol::encode_reply(&req.reply_to, Answer::Reject, &client.secret);
         send(sock, &bytes, from).await;
+        shared.finish([(key, bytes)]);
         return;
     };
-    let ctx = Context::new(format!("radius:{name}"))
-        .with_bypass(shared.bypass == BypassStatus::Allow)
-        .with_source(Source {
-            address: Some(from.ip().to_string()),
-            station: login.station.clone(),
-            nas: login.nas.clone(),
+    let ip = from.ip();
+    let address = match address {
+        Some((a, text)) if *a == ip => text.clone(),
+        _ => {
+            let text = ip.to_string();
+            *address = Some((ip, text.clone()));
+            text
+        }
+    };
+    // Built directly rather than through `Context::with_source`: the actor was made by
+    // `Context::new` once per client, the station and NAS are sanitized by the decoder,
+    // and an address's text has nothing to sanitize.
+    let ctx = Context {
+        actor: client.actor.clone(),
+        source: Source {
+            address: Some(address),
+            station: login.station.take(),
+            nas: login.nas.take(),
             tty: None,
-        });
-    let login = login.user_name.clone();
+        },
+        allow_bypass: shared.bypass == BypassStatus::Allow,
+    };
     let pending = Pending {
-        req,
-        key: key.clone(),
-        from,
+        reply_to: req.reply_to,
+        user_name: login.user_name.clone(),
+        key,
         client: index,
         sock: sock.clone(),
     };
     if let Err(why) = queue.offer(Job {
-        login,
+        login: login.user_name,
         passcode: password,
         ctx,
         token: pending,
@@ -498,50 +569,51 @@ async fn handle(
 /// Turns the verifier's answer into Accept or Reject, and logs it.
 fn decide(
     shared: &Shared,
-    client: &str,
-    req: &Request,
+    client: &Client,
+    user_name: &str,
     verdict: Result<Verdict, String>,
 ) -> Answer {
     let c = &shared.counters;
-    let login = match &req.kind {
-        Kind::Access(l) => l,
-        Kind::Status => return Answer::Accept,
-    };
+    // The outcome line is only made when something will read it.
+    let wanted = shared.auth_log.is_some() || log::log_enabled!(log::Level::Info);
+    let name = &client.config.name;
     let (answer, line) = match verdict {
         Ok(v) => {
-            let user = v
-                .username
-                .clone()
-                .unwrap_or_else(|| display_login(&login.user_name));
             let answer = match v.decision {
                 Decision::Accept | Decision::Bypass => Answer::Accept,
                 Decision::Reject(_) => Answer::Reject,
             };
-            let result = if answer == Answer::Accept {
-                "accept"
-            } else {
-                "reject"
-            };
-            let code = v
-                .code_id
-                .as_ref()
-                .map(|id| format!(" code={id}"))
-                .unwrap_or_default();
-            (
-                answer,
+            let line = wanted.then(|| {
+                let user = v
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| display_login(user_name));
+                let result = if answer == Answer::Accept {
+                    "accept"
+                } else {
+                    "reject"
+                };
+                let code = v
+                    .code_id
+                    .as_ref()
+                    .map(|id| format!(" code={id}"))
+                    .unwrap_or_default();
                 format!(
-                    "auth client={client} user={user} result={result} reason={}{code}",
+                    "auth client={name} user={user} result={result} reason={}{code}",
                     v.reason_str()
-                ),
-            )
+                )
+            });
+            (answer, line)
         }
         Err(e) => {
             Counters::bump(&c.store_errors);
             log::error!("store error; request denied: {e}");
-            let user = display_login(&login.user_name);
+            let user = display_login(user_name);
             (
                 Answer::Reject,
-                format!("auth client={client} user={user} result=reject reason=store_error"),
+                Some(format!(
+                    "auth client={name} user={user} result=reject reason=store_error"
+                )),
             )
         }
     };
@@ -550,11 +622,68 @@ fn decide(
     } else {
         &c.rejects
     });
-    log::info!("{line}");
-    if let Some(l) = &shared.auth_log {
-        l.record(&line);
+    if let Some(line) = line {
+        log::info!("{line}");
+        if let Some(l) = &shared.auth_log {
+            l.record(&line);
+        }
     }
     answer
+}
+
+/// Sends a committed batch's replies: those for one socket go out together, a
+/// `sendmmsg` call for up to [`SEND_BATCH`] of them, rather than a system call each.
+async fn send_all(out: &[Outgoing]) {
+    let mut i = 0;
+    while i < out.len() {
+        let sock = &out[i].sock;
+        let run = out[i..]
+            .iter()
+            .take_while(|o| Arc::ptr_eq(&o.sock, sock))
+            .count();
+        for chunk in out[i..i + run].chunks(SEND_BATCH) {
+            send_many(sock, chunk).await;
+        }
+        i += run;
+    }
+}
+
+async fn send_many(sock: &UdpSocket, out: &[Outgoing]) {
+    use rustix::net::addr::SocketAddrArg;
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, sendmmsg};
+    let mut at = 0;
+    while at < out.len() {
+        let rest = &out[at..];
+        // The headers point into `rest`; they are made inside the call, since they
+        // cannot be held across an await.
+        let sent = sock
+            .async_io(Interest::WRITABLE, || {
+                let addrs: Vec<_> = rest.iter().map(|o| o.key.from.as_any()).collect();
+                let iovs: Vec<[IoSlice<'_>; 1]> =
+                    rest.iter().map(|o| [IoSlice::new(&o.bytes)]).collect();
+                let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = rest
+                    .iter()
+                    .map(|_| SendAncillaryBuffer::default())
+                    .collect();
+                let mut msgs: Vec<MMsgHdr<'_>> = addrs
+                    .iter()
+                    .zip(&iovs)
+                    .zip(controls.iter_mut())
+                    .map(|((a, iov), c)| MMsgHdr::new_with_addr(a, iov, c))
+                    .collect();
+                Ok(sendmmsg(sock, &mut msgs, SendFlags::empty())?)
+            })
+            .await;
+        match sent {
+            Ok(n) if n > 0 => at += n,
+            // The first reply could not be sent: skip it, as `send_to` would have.
+            Ok(_) => at += 1,
+            Err(e) => {
+                log::warn!("sending to {}: {e}", rest[0].key.from);
+                at += 1;
+            }
+        }
+    }
 }
 
 async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
