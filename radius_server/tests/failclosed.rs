@@ -267,8 +267,21 @@ impl Daemon {
         client::check_reply(&reply, &req, SECRET.as_bytes()).unwrap()
     }
 
-    /// The lines logged from `from` on that say a request was denied for the store.
+    /// The lines logged from `from` on that say a request was denied for the store, once
+    /// the request's outcome line has arrived (the reply can overtake the log).
     fn denials_since(&self, from: usize) -> Vec<String> {
+        let started = Instant::now();
+        while !self.lines()[from..]
+            .iter()
+            .any(|l| l.contains("result=reject reason=store_error"))
+        {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no outcome line: {:?}",
+                self.lines()
+            );
+            std::thread::yield_now();
+        }
         self.lines()[from..]
             .iter()
             .filter(|l| l.contains("request denied"))
@@ -360,7 +373,7 @@ fn runtime_fault(
     assert!(
         d.lines()[from..]
             .iter()
-            .any(|l| l.ends_with("auth client=nas user=alice result=reject reason=store_error")),
+            .any(|l| l == "info: auth client=nas user=alice result=reject reason=store_error"),
         "{:?}",
         d.lines()
     );
@@ -533,7 +546,9 @@ fn a_filesystem_gone_read_only_rejects_until_it_is_repaired_and_remounted() {
         |d| {
             d.in_namespace(&format!(
                 "echo 1 > /sys/fs/ext4/$(basename $(findmnt -no SOURCE {dir}))/trigger_fs_error"
-            ))
+            ));
+            // The kernel turns the filesystem read-only soon after, not at once.
+            d.in_namespace_eventually(&format!("! touch {dir}/probe 2>/dev/null"));
         },
         |d| {
             // The daemon lets go of the broken filesystem, so that it can be unmounted,
