@@ -6,7 +6,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::audit::{Context, display_login, outcome};
 use crate::error::Result;
-use crate::model::{CodeId, LoginKey, Status, User, UserId};
+use crate::model::{CodeId, CodeRecord, LoginKey, Status, User, UserId, Username};
 use crate::passcode::Passcode;
 use crate::store::{Env, Tx, audit, event};
 
@@ -95,11 +95,26 @@ impl Verdict {
 /// How far the recorded time of a user's last login may lag behind the truth.
 const LAST_LOGIN_RESOLUTION_SECS: i64 = 60;
 
-/// Stands in for the user id when there is no user, so that an unknown login costs one
-/// digest like a known one.
+/// Stands in for the user id when there is no user (or the user is in the trash), so that
+/// an unknown login reads, digests, compares and writes as a known one does.
 const NO_USER: &str = "U0000000000000000000";
 
+/// Every attempt compares its digest with at least this many (the user's codes, then
+/// stand-ins that can never match), so that the comparisons tell neither whether there is
+/// a user nor how many codes they hold, up to a generation's worth.
+const COMPARE_FLOOR: usize = crate::store::MAX_CODES_PER_CALL;
+
+/// Compared with when a user has fewer codes than [`COMPARE_FLOOR`]; a match with it is
+/// masked out.
+const STAND_IN_DIGEST: [u8; 32] = [0; 32];
+
 /// Decides and records one attempt inside `tx` (which the caller commits).
+///
+/// Every refusal costs the same work as a wrong code, so that its time tells an observer
+/// nothing about the account: one login lookup, one user read, one digest, the device
+/// count, the codes and at least [`COMPARE_FLOOR`] constant-time comparisons, one write
+/// (a known user's failure counter, or [`Tx::count_unknown_attempt`] for a login that
+/// names no one), and the audit event with the true reason.
 pub(crate) fn verify_in(
     tx: &mut dyn Tx,
     env: &Env<'_>,
@@ -107,40 +122,42 @@ pub(crate) fn verify_in(
     passcode: &str,
     ctx: &Context,
 ) -> Result<Verdict> {
-    let user = match LoginKey::from_login(login, env.normalization()) {
-        Some(key) => match tx.user_id_by_login(&key)? {
-            Some(id) => tx.user(&id)?,
-            None => None,
-        },
+    let no_user = UserId::from_string(NO_USER);
+    let id = match LoginKey::from_login(login, env.normalization()) {
+        Some(key) => tx.user_id_by_login(&key)?,
         None => None,
     };
+    let found = tx.user(id.as_ref().unwrap_or(&no_user))?;
+    let subject = found.as_ref().map_or(&no_user, |u| &u.id).clone();
     let parsed = Passcode::parse(passcode).ok();
     // One digest on every path: over the parsed code, or over the raw input for malformed
-    // input (which then can never match), under the user's id or a stand-in.
+    // input (which then can never match), under the user's id or the stand-in.
     let digest_input = parsed
         .as_ref()
         .map_or(passcode.as_bytes(), |p| p.expose().as_bytes());
-    let no_user = UserId::from_string(NO_USER);
-    let digest = env
-        .key
-        .digest(user.as_ref().map_or(&no_user, |u| &u.id), digest_input);
+    let digest = env.key.digest(&subject, digest_input);
+    let enrolled = tx.device_count(&subject)? > 0;
+    let codes = tx.codes(&subject)?;
+    let matched = compare(&codes, &digest).filter(|_| parsed.is_some());
 
-    let Some(mut user) = user.filter(|u| u.trashed_at.is_none()) else {
-        let v = reject(None, Reason::UnknownUser);
+    let Some(mut user) = found.filter(|u| u.trashed_at.is_none()) else {
+        // No row of theirs to count a failure on (a trashed user's is left as it is).
+        tx.count_unknown_attempt(&stand_in(&no_user)?)?;
         let reason = Some(Reason::UnknownUser.as_str().to_owned());
         let mut e = event(env, ctx, "auth", None, None, outcome::REJECT, reason, None);
         // No user to name: the login as sent, fit for the record.
         e.username = Some(display_login(login));
         tx.append_audit(&e)?;
-        return Ok(v);
+        return Ok(reject(None, Reason::UnknownUser));
     };
 
     let verdict = decide(
         tx,
         env,
         &mut user,
-        digest,
-        parsed.is_some(),
+        &codes,
+        matched,
+        enrolled,
         ctx.allow_bypass,
     )?;
     let outcome = match verdict.decision {
@@ -178,6 +195,42 @@ pub(crate) fn verify_in(
         )?;
     }
     Ok(verdict)
+}
+
+/// The index of the code whose digest is `digest`, comparing with every code and then
+/// stand-ins up to [`COMPARE_FLOOR`], in constant time and without an early exit.
+fn compare(codes: &[CodeRecord], digest: &[u8; 32]) -> Option<usize> {
+    let mut found = subtle::Choice::from(0);
+    let mut index = 0u64;
+    for i in 0..codes.len().max(COMPARE_FLOOR) {
+        let (candidate, real) = match codes.get(i) {
+            Some(c) => (&c.digest, 1u8),
+            None => (&STAND_IN_DIGEST, 0u8),
+        };
+        let eq = candidate.ct_eq(digest) & subtle::Choice::from(real);
+        index.conditional_assign(&(i as u64), eq);
+        found |= eq;
+    }
+    bool::from(found).then_some(index as usize)
+}
+
+/// The user a login that names no one is counted against: the stand-in id, which no
+/// user has.
+fn stand_in(id: &UserId) -> Result<User> {
+    Ok(User {
+        id: id.clone(),
+        username: Username::parse("unknown")?,
+        aliases: Vec::new(),
+        realname: None,
+        email: None,
+        notes: None,
+        status: Status::Active,
+        lockout: None,
+        failed_attempts: 0,
+        created_at: 0,
+        last_login: None,
+        trashed_at: None,
+    })
 }
 
 fn reject(user: Option<&User>, reason: Reason) -> Verdict {
@@ -247,58 +300,55 @@ pub(crate) fn account_in(tx: &mut dyn Tx, env: &Env<'_>, login: &str) -> Result<
     })
 }
 
-/// Steps 2 to 5 of DESIGN.md "Verification" for a user who exists and is not trashed.
+/// What an attempt on a known user comes to, before anything is written.
+enum Outcome<'c> {
+    Accept(&'c CodeRecord),
+    Bypass,
+    Reject(Reason),
+}
+
+/// Steps 2 to 5 of DESIGN.md "Verification" for a user who exists and is not trashed,
+/// once the reads and the comparison are done: decide, then write. A refusal counts a
+/// failure whatever its reason (and so writes the user's row, as a wrong code does); only
+/// a wrong or expired code locks the user out at the threshold.
 fn decide(
     tx: &mut dyn Tx,
     env: &Env<'_>,
     user: &mut User,
-    digest: [u8; 32],
-    well_formed: bool,
+    codes: &[CodeRecord],
+    matched: Option<usize>,
+    enrolled: bool,
     allow_bypass: bool,
 ) -> Result<Verdict> {
-    if user.status == Status::Disabled {
-        return Ok(reject(Some(user), Reason::Disabled));
-    }
-    if user.lockout.is_some() {
-        if locked_out(user, env) {
-            return Ok(reject(Some(user), Reason::LockedOut));
-        }
+    // A lockout that has run out is cleared, and written with whatever follows.
+    let mut dirty = false;
+    if user.status != Status::Disabled && user.lockout.is_some() && !locked_out(user, env) {
         user.lockout = None;
         user.failed_attempts = 0;
-        tx.update_user_state(user)?;
+        dirty = true;
     }
-    if user.status == Status::Bypass {
-        if !allow_bypass {
-            return Ok(reject(Some(user), Reason::BypassDenied));
+    let outcome = if user.status == Status::Disabled {
+        Outcome::Reject(Reason::Disabled)
+    } else if user.lockout.is_some() {
+        Outcome::Reject(Reason::LockedOut)
+    } else if user.status == Status::Bypass {
+        if allow_bypass {
+            Outcome::Bypass
+        } else {
+            Outcome::Reject(Reason::BypassDenied)
         }
-        return Ok(Verdict {
-            decision: Decision::Bypass,
-            ..reject(Some(user), Reason::WrongCode)
-        });
-    }
-    if tx.device_count(&user.id)? == 0 {
-        return Ok(reject(Some(user), Reason::NotEnrolled));
-    }
-
-    // Compare against every code, expired ones too (to tell "expired" from "wrong"), in
-    // constant time and without an early exit; only the index of the match is kept.
-    let codes = tx.codes(&user.id)?;
-    let mut found = subtle::Choice::from(0);
-    let mut index = 0u64;
-    for (i, c) in codes.iter().enumerate() {
-        let eq = c.digest.ct_eq(&digest);
-        index.conditional_assign(&(i as u64), eq);
-        found |= eq;
-    }
-    let found = bool::from(found) && well_formed;
-    let matched = if found {
-        codes.get(index as usize)
+    } else if !enrolled {
+        Outcome::Reject(Reason::NotEnrolled)
     } else {
-        None
+        match matched.and_then(|i| codes.get(i)) {
+            Some(code) if !code.expired_at(env.now) => Outcome::Accept(code),
+            Some(_) => Outcome::Reject(Reason::Expired),
+            None => Outcome::Reject(Reason::WrongCode),
+        }
     };
 
-    let verdict = match matched {
-        Some(code) if !code.expired_at(env.now) => {
+    let verdict = match outcome {
+        Outcome::Accept(code) => {
             let uses_remaining = match code.uses_remaining {
                 None => None,
                 Some(n) if n <= 1 => {
@@ -316,7 +366,7 @@ fn decide(
             let stale = user
                 .last_login
                 .is_none_or(|t| env.now - t >= LAST_LOGIN_RESOLUTION_SECS);
-            if user.failed_attempts != 0 || stale {
+            if dirty || user.failed_attempts != 0 || stale {
                 user.failed_attempts = 0;
                 user.last_login = Some(env.now);
                 tx.update_user_state(user)?;
@@ -328,15 +378,21 @@ fn decide(
                 ..reject(Some(user), Reason::WrongCode)
             }
         }
-        other => {
-            let reason = if other.is_some() {
-                Reason::Expired
-            } else {
-                Reason::WrongCode
-            };
+        Outcome::Bypass => {
+            if dirty {
+                tx.update_user_state(user)?;
+            }
+            Verdict {
+                decision: Decision::Bypass,
+                ..reject(Some(user), Reason::WrongCode)
+            }
+        }
+        Outcome::Reject(reason) => {
             user.failed_attempts = user.failed_attempts.saturating_add(1);
             let threshold = env.policy.lockout_threshold;
-            let locked_now = threshold > 0 && user.failed_attempts >= threshold;
+            let locked_now = matches!(reason, Reason::WrongCode | Reason::Expired)
+                && threshold > 0
+                && user.failed_attempts >= threshold;
             if locked_now {
                 user.lockout = Some(crate::model::Lockout {
                     reason: "failed_attempts".into(),

@@ -106,6 +106,13 @@ pub trait Tx {
     fn update_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
     /// Writes only the fields verification changes (failures, lockout, last login).
     fn update_user_state(&mut self, user: &User) -> Result<()>;
+    /// Counts a refused attempt on a login that names no user, where a known user's
+    /// refusal writes their failure counter: a write of the same kind, so that the two take
+    /// the same time. `stand_in` has an id no user has. By default, the same statement as
+    /// [`Tx::update_user_state`] for it (it changes no row).
+    fn count_unknown_attempt(&mut self, stand_in: &User) -> Result<()> {
+        self.update_user_state(stand_in)
+    }
     /// Removes a user with their logins, devices and codes.
     fn delete_user(&mut self, id: &UserId) -> Result<()>;
     /// Users matching a filter, by username.
