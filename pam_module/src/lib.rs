@@ -40,6 +40,7 @@ use sparekey::Store;
 use crate::flow::{Attempt, Conversation, Secret};
 use crate::log::{Kind, Level, Log};
 use crate::options::{Options, PamSection, Settings};
+use crate::trust::Unusable;
 
 /// The config file read when the pam.d line has no `config=`. The module never reads
 /// `$SPAREKEY_CONFIG`: sudo and su run it with the environment of the user asking, who
@@ -149,23 +150,28 @@ fn prepare(
         .config
         .clone()
         .unwrap_or_else(|| Path::new(DEFAULT_CONFIG).to_owned());
-    let unavailable = |log: &Log, why: String| {
+    let unavailable = |log: &Log, u: Unusable| {
         log.line(
             Level::Err,
             &format!(
-                "user={} outcome=error reason=config_unusable: {why}",
-                sparekey::audit::display_login(&user)
+                "user={} outcome=error reason={}: {}",
+                sparekey::audit::display_login(&user),
+                u.reason,
+                u.why
             ),
         );
         PamResultCode::PAM_AUTHINFO_UNAVAIL
     };
-    let config = trust::load_config(&path).map_err(|why| unavailable(log, why))?;
+    let config = trust::load_config(&path).map_err(|u| unavailable(log, u))?;
     let section = config
         .section::<PamSection>("pam")
-        .map_err(|e| unavailable(log, e.to_string()))?;
-    let settings = options
-        .settings(section.as_ref())
-        .map_err(|e| unavailable(log, format!("config {} [pam]: {e}", path.display())))?;
+        .map_err(|e| unavailable(log, Unusable::config(e.to_string())))?;
+    let settings = options.settings(section.as_ref()).map_err(|e| {
+        unavailable(
+            log,
+            Unusable::config(format!("config {} [pam]: {e}", path.display())),
+        )
+    })?;
     log.set_debug(settings.debug);
     log.line(
         Level::Debug,
