@@ -1367,9 +1367,9 @@ fn an_emptied_store_file_is_refused_not_made_anew() {
     drop(Store::create(&config).unwrap());
     std::fs::write(&db, b"").unwrap();
     for _ in 0..2 {
-        let e = Store::open(&config)
-            .err()
-            .expect("an empty file is no store");
+        let Err(e) = Store::open(&config) else {
+            panic!("an empty file is no store");
+        };
         assert!(e.to_string().contains("not a sparekey store"), "{e}");
     }
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
