@@ -171,10 +171,19 @@ pub fn check_reply_with(
         return Err("Message-Authenticator is not the first attribute".into());
     }
     if first_is_ma {
-        let mut copy = reply.to_vec();
-        copy[4..20].copy_from_slice(&request[4..20]);
-        copy[22..38].fill(0);
-        if !bool::from(hmac_md5(secret, &copy).ct_eq(&reply[22..38])) {
+        // Over the reply with the request authenticator in its header and the
+        // attribute's value zeroed, without copying the reply.
+        let expected = hmac_md5_parts(
+            secret,
+            &[
+                &reply[..4],
+                &request[4..20],
+                &reply[20..22],
+                &[0; 16],
+                &reply[38..],
+            ],
+        );
+        if !bool::from(expected.ct_eq(&reply[22..38])) {
             return Err("bad Message-Authenticator".into());
         }
     }
@@ -182,5 +191,45 @@ pub fn check_reply_with(
         code::ACCESS_ACCEPT => Ok(Reply::Accept),
         code::ACCESS_REJECT => Ok(Reply::Reject),
         c => Err(format!("unexpected code {c}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{self, Answer};
+
+    const SECRET: &[u8] = b"client-tests-secret-0123";
+
+    /// Sets the response authenticator of `reply` to request's, as a forger with the
+    /// secret would, so that only the Message-Authenticator can catch a change.
+    fn reauthenticate(reply: &mut [u8], request: &[u8]) {
+        let ra = Md5::new()
+            .chain_update(&reply[..4])
+            .chain_update(&request[4..20])
+            .chain_update(&reply[20..])
+            .chain_update(SECRET)
+            .finalize();
+        reply[4..20].copy_from_slice(&ra);
+    }
+
+    #[test]
+    fn replies_are_checked_for_both_authenticators() {
+        let req = pap(5, [3; 16], "dave", "123456789", SECRET);
+        let parsed = protocol::parse(&req, SECRET, true).unwrap_or_else(|_| unreachable!());
+        let good = protocol::reply(&parsed, Answer::Reject, SECRET);
+        assert_eq!(check_reply(&good, &req, SECRET), Ok(Reply::Reject));
+        let mut forged = good.clone();
+        forged[0] = code::ACCESS_ACCEPT;
+        assert_eq!(
+            check_reply(&forged, &req, SECRET),
+            Err("bad response authenticator".into())
+        );
+        reauthenticate(&mut forged, &req);
+        assert_eq!(
+            check_reply(&forged, &req, SECRET),
+            Err("bad Message-Authenticator".into())
+        );
+        assert!(check_reply(&good, &req, b"another-secret").is_err());
     }
 }
