@@ -185,13 +185,24 @@ enum Entry {
     Done(Vec<u8>),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ReplyCache {
     map: HashMap<Key, (Instant, Entry)>,
     order: VecDeque<(Instant, Key)>,
 }
 
 impl ReplyCache {
+    /// A cache with room for [`REPLY_CACHE_MAX`] replies from the start. Growing it
+    /// under load would move every entry while the lock is held (milliseconds at a
+    /// hundred thousand entries, a stall for every request behind it); the memory is
+    /// reserved, not touched, until replies fill it.
+    fn new() -> Self {
+        ReplyCache {
+            map: HashMap::with_capacity(REPLY_CACHE_MAX + 1),
+            order: VecDeque::with_capacity(REPLY_CACHE_MAX + 1),
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         let ttl = Duration::from_secs(REPLY_CACHE_SECS);
         while let Some((at, _)) = self.order.front() {
@@ -337,7 +348,7 @@ pub async fn run(
             })
             .collect(),
         bypass: config.bypass_status,
-        cache: Mutex::new(ReplyCache::default()),
+        cache: Mutex::new(ReplyCache::new()),
         counters: counters.clone(),
         auth_log,
         last_unknown_log: Mutex::new(None),
