@@ -46,7 +46,18 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
+        // Cargo runs a test with variables that describe its package (CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR, ...), and ring's build script is rerun when one of those
+        // changes: inherited, they would rebuild ring and everything above it here, and
+        // again at the next top-level build. Cargo's own settings (CARGO_HOME,
+        // CARGO_TARGET_DIR, ...) are kept.
+        let mut cargo = Command::new(env!("CARGO"));
+        for (k, _) in std::env::vars_os() {
+            if describes_package(&k.to_string_lossy()) {
+                cargo.env_remove(&k);
+            }
+        }
+        let out = cargo
             .args([
                 "build",
                 "--bins",
@@ -72,6 +83,21 @@ fn bin(name: &str) -> PathBuf {
         .find(|p| p.file_name().is_some_and(|f| f == name))
         .unwrap_or_else(|| panic!("cargo built no {name}"))
         .clone()
+}
+
+/// Whether cargo sets `var` for a test to describe the test's package.
+fn describes_package(var: &str) -> bool {
+    ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_"]
+        .iter()
+        .any(|p| var.starts_with(p))
+        || [
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&var)
 }
 
 /// xorshift64*, for the kill moments.
