@@ -21,6 +21,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use sparekey::config::Synchronous;
 use sparekey::store::CodeRequest;
 use sparekey::{Config, Context, DeviceKind, NewUser, Store};
 use sparekey_bench::radius_load::{self, LoadConfig, Mode};
@@ -135,7 +136,7 @@ struct Daemon {
 /// Starts `sparekey-radiusd` on the store and waits, within [`DEADLINE`], until it answers
 /// Status-Server. Its log (stderr) is kept in `log`.
 fn start(config: &Path, log: Arc<Mutex<Vec<String>>>) -> Daemon {
-    let mut child = Command::new(bin("sparekey-radiusd"))
+    let child = Command::new(bin("sparekey-radiusd"))
         .arg("--config")
         .arg(config)
         .args(["--log-level", "info"])
@@ -144,9 +145,15 @@ fn start(config: &Path, log: Arc<Mutex<Vec<String>>>) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    // Dropped on a failed assertion, which kills the child.
+    let mut d = Daemon {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        log,
+    };
+    let stderr = d.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let kept = log.clone();
+    let kept = d.log.clone();
     // Reads the log until the daemon dies (the pipe closes then).
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -159,7 +166,7 @@ fn start(config: &Path, log: Arc<Mutex<Vec<String>>>) -> Daemon {
             kept.lock().unwrap().push(line);
         }
     });
-    let addr = listening(&rx, &mut child, &log);
+    d.addr = listening(&rx, &mut d);
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -179,7 +186,7 @@ fn start(config: &Path, log: Arc<Mutex<Vec<String>>>) -> Daemon {
             SECRET.as_bytes(),
             true,
         );
-        sock.send_to(&probe, addr).unwrap();
+        sock.send_to(&probe, d.addr).unwrap();
         let mut buf = [0u8; 4096];
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
             if client::check_reply(&buf[..n], &probe, SECRET.as_bytes()) == Ok(Reply::Accept) {
@@ -187,21 +194,21 @@ fn start(config: &Path, log: Arc<Mutex<Vec<String>>>) -> Daemon {
             }
         }
     }
-    Daemon { child, addr, log }
+    d
 }
 
 /// The address from the daemon's "listening on" line, within [`DEADLINE`].
-fn listening(rx: &Receiver<SocketAddr>, child: &mut Child, log: &Mutex<Vec<String>>) -> SocketAddr {
+fn listening(rx: &Receiver<SocketAddr>, d: &mut Daemon) -> SocketAddr {
     match rx.recv_timeout(DEADLINE) {
         Ok(a) => a,
         Err(RecvTimeoutError::Timeout) => {
             panic!("sparekey-radiusd did not start listening within {DEADLINE:?}")
         }
         Err(RecvTimeoutError::Disconnected) => {
-            let status = child.wait().unwrap();
+            let status = d.child.wait().unwrap();
             panic!(
                 "sparekey-radiusd exited ({status}) before listening: {}",
-                log.lock().unwrap().join("\n")
+                d.log.lock().unwrap().join("\n")
             )
         }
     }
@@ -458,6 +465,7 @@ fn sigkill_under_load_loses_no_consumption_and_no_unused_code() {
     sparekey_bench::setup::make(dir.path(), 0, "127.0.0.1:0", SECRET, "full").unwrap();
     let config_path = dir.path().join("sparekey.toml");
     let config = Config::load(&config_path).unwrap();
+    assert_eq!(config.store.synchronous, Synchronous::Full);
     let db = dir.path().join("sparekey.db");
     let (load, control) = issue(&config, KILLS * USERS_PER_CYCLE);
 
