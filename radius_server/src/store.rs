@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sparekey::config::Location;
-use sparekey::{Attempt, Config, Error, Store, Verdict};
+use sparekey::{Attempt, Config, DigestKey, Error, Store, Verdict};
 
 use crate::writer::Verify;
 
@@ -58,6 +58,8 @@ struct Opened {
 
 impl Opened {
     fn open(config: &Config) -> Result<Opened, Error> {
+        // The key first, as the library does, so that a missing key is named as such.
+        DigestKey::load(&config.store.key_file)?;
         let watch = match config.location() {
             Location::Sqlite(path) => {
                 let w = Watch::open(path).map_err(|c| fault(path, &c))?;

@@ -151,9 +151,27 @@ impl Setup {
 
     /// Runs the daemon expecting it to refuse to start; returns its stderr lines.
     fn refused(&self, mut cmd: Command) -> Vec<String> {
-        let out = cmd.stdin(Stdio::null()).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon started despite the fault");
+            }
+            std::thread::yield_now();
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{err}");
         err.lines().map(str::to_owned).collect()
     }
 }
