@@ -12,6 +12,7 @@
 #
 #   bench/timing.sh                      SAMPLES=20000 PER_CASE=2000 SYNC="full normal"
 #   SAMPLES=5000 SYNC=normal bench/timing.sh
+#   RADIUSD=/path/to/older/sparekey-radiusd bench/timing.sh   (another build of the server)
 #
 # Leaves nothing behind but what OUT names (default: nothing).
 set -euo pipefail
@@ -27,18 +28,19 @@ OUT=${OUT:-}
 
 cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench
 bin=$PWD/target/release
+RADIUSD=${RADIUSD:-$bin/sparekey-radiusd}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/timing-bench.XXXXXX")
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT
 
 secret=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates radius_server || echo '+changes'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "server $RADIUSD, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates radius_server || echo '+changes'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for sync in $SYNC; do
     store=$dir/$sync
     "$bin/sparekey-bench" timing-setup --dir "$store" --per-case "$PER_CASE" \
         --listen "127.0.0.1:$PORT" --secret "$secret" --synchronous "$sync" --seed "$SEED"
-    "$bin/sparekey-radiusd" --config "$store/sparekey.toml" --log-level warn >"$store/radiusd.log" 2>&1 &
+    "$RADIUSD" --config "$store/sparekey.toml" --log-level warn >"$store/radiusd.log" 2>&1 &
     pid=$!
     # Wait (bounded) until it answers: one valid request, short timeout, 50 tries.
     for _ in $(seq 50); do

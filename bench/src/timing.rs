@@ -770,11 +770,11 @@ mod tests {
         let b = [3, 5, 6];
         let ks = ks_two_sample(&a, &b);
         assert!(close(ks.d, 2.0 / 3.0, 1e-12));
-        // U of a: pairs with a > b plus half the ties: only the tie 3 = 3 counts, 0.5.
+        // U of a: pairs with a > b (4 > 3) plus half the ties (3 = 3): 1.5 of 12 pairs.
         let mw = mann_whitney(&a, &b);
-        assert!(close(mw.u, 0.5, 1e-12));
+        assert!(close(mw.u, 1.5, 1e-12));
         let mw = mann_whitney(&b, &a);
-        assert!(close(mw.u, 11.5, 1e-12));
+        assert!(close(mw.u, 10.5, 1e-12));
     }
 
     #[test]

@@ -411,3 +411,312 @@ fn decide(
     }
     Ok(verdict)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::audit::{AuditEvent, AuditFilter};
+    use crate::clock::ManualClock;
+    use crate::config::Policy;
+    use crate::digest::DigestKey;
+    use crate::model::{Device, DeviceId, DeviceKind, Normalization};
+    use crate::store::{AdminKey, Backend, CodeRequest, NewUser, SqliteBackend, Store, UserFilter};
+
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// An in-memory SQLite backend whose transactions record the name of every call.
+    #[derive(Debug)]
+    struct Recording {
+        inner: SqliteBackend,
+        log: Log,
+    }
+
+    impl Backend for Recording {
+        fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
+            let log = self.log.clone();
+            Ok(Box::new(RecordingTx {
+                inner: self.inner.begin()?,
+                log,
+            }))
+        }
+        fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>> {
+            let log = self.log.clone();
+            Ok(Box::new(RecordingTx {
+                inner: self.inner.begin_read()?,
+                log,
+            }))
+        }
+        fn normalization(&mut self) -> Result<Option<Normalization>> {
+            self.inner.normalization()
+        }
+        fn set_normalization(&mut self, n: Normalization) -> Result<()> {
+            self.inner.set_normalization(n)
+        }
+        fn maintain(&mut self) -> Result<()> {
+            self.inner.maintain()
+        }
+    }
+
+    struct RecordingTx<'a> {
+        inner: Box<dyn Tx + 'a>,
+        log: Log,
+    }
+
+    /// Each method logs its name, then hands over to the real transaction.
+    macro_rules! recorded {
+        ($(fn $name:ident(&mut self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+            $(fn $name(&mut self $(, $arg: $ty)*) -> $ret {
+                self.log.lock().unwrap().push(stringify!($name));
+                self.inner.$name($($arg),*)
+            })*
+        };
+    }
+
+    impl Tx for RecordingTx<'_> {
+        fn commit(self: Box<Self>) -> Result<()> {
+            self.log.lock().unwrap().push("commit");
+            self.inner.commit()
+        }
+        recorded! {
+            fn savepoint(&mut self) -> Result<()>;
+            fn release_savepoint(&mut self) -> Result<()>;
+            fn rollback_savepoint(&mut self) -> Result<()>;
+            fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
+            fn user(&mut self, id: &UserId) -> Result<Option<User>>;
+            fn lock_users(&mut self, keys: &[LoginKey]) -> Result<()>;
+            fn insert_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
+            fn update_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
+            fn update_user_state(&mut self, user: &User) -> Result<()>;
+            fn count_unknown_attempt(&mut self, stand_in: &User) -> Result<()>;
+            fn delete_user(&mut self, id: &UserId) -> Result<()>;
+            fn list_users(&mut self, filter: &UserFilter) -> Result<Vec<User>>;
+            fn trashed_before(&mut self, t: i64) -> Result<Vec<UserId>>;
+            fn devices(&mut self, user: &UserId) -> Result<Vec<Device>>;
+            fn all_devices(&mut self) -> Result<Vec<Device>>;
+            fn device_count(&mut self, user: &UserId) -> Result<u64>;
+            fn insert_device(&mut self, device: &Device) -> Result<()>;
+            fn delete_device(&mut self, user: &UserId, id: &DeviceId) -> Result<bool>;
+            fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>>;
+            fn all_codes(&mut self) -> Result<Vec<CodeRecord>>;
+            fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>>;
+            fn insert_code(&mut self, code: &CodeRecord) -> Result<()>;
+            fn insert_codes(&mut self, codes: &[CodeRecord]) -> Result<()>;
+            fn set_code_uses(&mut self, id: &CodeId, uses: u32) -> Result<()>;
+            fn delete_code(&mut self, id: &CodeId) -> Result<bool>;
+            fn delete_codes_of(&mut self, user: &UserId) -> Result<u64>;
+            fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64>;
+            fn append_audit(&mut self, event: &AuditEvent) -> Result<()>;
+            fn append_code_events(&mut self, event: &AuditEvent, codes: &[CodeId]) -> Result<()>;
+            fn import_audit(&mut self, events: &[AuditEvent]) -> Result<()>;
+            fn audit(&mut self, filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
+            fn insert_admin_key(&mut self, key: &AdminKey, sealed_secret: &[u8]) -> Result<()>;
+            fn admin_key(&mut self, ikey: &str) -> Result<Option<(AdminKey, Vec<u8>)>>;
+            fn admin_keys(&mut self) -> Result<Vec<AdminKey>>;
+            fn revoke_admin_key(&mut self, ikey: &str, at: i64) -> Result<bool>;
+        }
+    }
+
+    const THRESHOLD: u32 = 3;
+
+    struct Fixture {
+        store: Store,
+        log: Log,
+        ctx: Context,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let log = Log::default();
+            let backend = Recording {
+                inner: SqliteBackend::in_memory().unwrap(),
+                log: log.clone(),
+            };
+            let policy = Policy {
+                lockout_threshold: THRESHOLD,
+                ..Policy::default()
+            };
+            let store = Store::with_backend(
+                Box::new(backend),
+                DigestKey::from_bytes([7; 32]),
+                policy,
+                Arc::new(ManualClock::at(1_800_000_000)),
+            )
+            .unwrap();
+            Fixture {
+                store,
+                log,
+                ctx: Context::new("test"),
+            }
+        }
+
+        /// A user with the given status, a device if `enrolled`, and one code (returned).
+        fn user(&mut self, name: &str, status: Status, enrolled: bool) -> String {
+            let new = NewUser {
+                username: name.into(),
+                status: Some(status),
+                ..NewUser::default()
+            };
+            self.store.add_user(new, &self.ctx).unwrap();
+            if enrolled {
+                let phone = DeviceKind::Phone;
+                self.store.add_device(name, phone, None, &self.ctx).unwrap();
+            }
+            let req = CodeRequest {
+                reuse_count: 0,
+                valid_secs: 0,
+                ..CodeRequest::default()
+            };
+            let issued = self.store.generate_codes(name, req, &self.ctx).unwrap();
+            issued.codes[0].code.expose().to_owned()
+        }
+
+        /// The store calls one attempt makes, and its decision.
+        fn calls(&mut self, login: &str, code: &str) -> (Vec<&'static str>, Decision) {
+            self.log.lock().unwrap().clear();
+            let v = self.store.verify(login, code, &self.ctx).unwrap();
+            (self.log.lock().unwrap().clone(), v.decision)
+        }
+    }
+
+    /// Every account a refusal can be about, with a code that is theirs where they have one.
+    fn accounts(f: &mut Fixture) -> Vec<(&'static str, String, Reason)> {
+        let wrong = f.user("wendy", Status::Active, true);
+        let disabled = f.user("dora", Status::Disabled, true);
+        let locked = f.user("lou", Status::Active, true);
+        for _ in 0..THRESHOLD {
+            f.store.verify("lou", "000000000", &f.ctx).unwrap();
+        }
+        assert!(f.store.find_user("lou").unwrap().lockout.is_some());
+        let not_enrolled = f.user("nell", Status::Active, false);
+        let bypass = f.user("bea", Status::Bypass, true);
+        let trashed = f.user("tom", Status::Active, true);
+        f.store.trash_user("tom", &f.ctx).unwrap();
+        // The wrong-code user is sent a code that is not theirs; every other account is
+        // sent its own valid code, which must not help.
+        let other = if wrong.starts_with('1') { "2" } else { "1" };
+        vec![
+            (
+                "wendy",
+                format!("{other}{}", &wrong[1..]),
+                Reason::WrongCode,
+            ),
+            ("nobody", wrong.clone(), Reason::UnknownUser),
+            ("tom", trashed, Reason::UnknownUser),
+            ("dora", disabled, Reason::Disabled),
+            ("lou", locked, Reason::LockedOut),
+            ("nell", not_enrolled, Reason::NotEnrolled),
+            ("bea", bypass, Reason::BypassDenied),
+            ("wendy", "12ab".into(), Reason::WrongCode),
+            ("bad login\u{7}", wrong, Reason::UnknownUser),
+        ]
+    }
+
+    #[test]
+    fn every_refusal_makes_the_store_calls_of_a_wrong_code() {
+        let mut f = Fixture::new();
+        let wrong_code = [
+            "user_id_by_login",
+            "user",
+            "device_count",
+            "codes",
+            "update_user_state",
+            "append_audit",
+            "commit",
+        ];
+        for (login, code, reason) in accounts(&mut f) {
+            let (calls, decision) = f.calls(login, &code);
+            assert_eq!(decision, Decision::Reject(reason), "{login}");
+            // A login that names no one (or a trashed user) has no counter of its own:
+            // its write is the store's stand-in for one.
+            let calls: Vec<&str> = calls
+                .into_iter()
+                .map(|c| match c {
+                    "count_unknown_attempt" if reason == Reason::UnknownUser => "update_user_state",
+                    c => c,
+                })
+                .collect();
+            if login == "bad login\u{7}" {
+                // A login that cannot be a name is not looked up: the sender knows it is
+                // malformed, so there is nothing for its time to tell.
+                assert_eq!(calls, wrong_code[1..], "{login}");
+            } else {
+                assert_eq!(calls, wrong_code, "{login} ({})", reason.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_count_as_failures_but_consume_nothing_and_lock_only_on_codes() {
+        let mut f = Fixture::new();
+        let code = f.user("dora", Status::Disabled, true);
+        for n in 1..=THRESHOLD + 2 {
+            let (_, d) = f.calls("dora", &code);
+            assert_eq!(d, Decision::Reject(Reason::Disabled));
+            let u = f.store.find_user("dora").unwrap();
+            assert_eq!(u.failed_attempts, n);
+            assert!(
+                u.lockout.is_none(),
+                "a disabled user is not also locked out"
+            );
+        }
+        assert_eq!(f.store.list_codes(Some("dora")).unwrap().len(), 1);
+
+        // Re-enabled after those failures, one wrong code reaches the threshold.
+        let up = crate::store::UserUpdate {
+            status: Some(Status::Active),
+            ..Default::default()
+        };
+        f.store.update_user("dora", up, &f.ctx).unwrap();
+        let v = f.store.verify("dora", "000000000", &f.ctx).unwrap();
+        assert!(v.locked_now);
+
+        // A locked user's attempts go on counting; the lockout stays as it was.
+        let before = f.store.find_user("dora").unwrap();
+        let (_, d) = f.calls("dora", &code);
+        assert_eq!(d, Decision::Reject(Reason::LockedOut));
+        let after = f.store.find_user("dora").unwrap();
+        assert_eq!(after.failed_attempts, before.failed_attempts + 1);
+        assert_eq!(after.lockout, before.lockout);
+        assert_eq!(f.store.list_codes(Some("dora")).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_bypass_let_through_writes_nothing_and_an_accept_still_consumes() {
+        let mut f = Fixture::new();
+        let code = f.user("bea", Status::Bypass, true);
+        f.log.lock().unwrap().clear();
+        let ctx = Context::new("test").with_bypass(true);
+        let v = f.store.verify("bea", &code, &ctx).unwrap();
+        assert_eq!(v.decision, Decision::Bypass);
+        assert!(!f.log.lock().unwrap().contains(&"update_user_state"));
+        assert_eq!(f.store.list_codes(Some("bea")).unwrap().len(), 1);
+
+        let new = NewUser {
+            username: "ann".into(),
+            ..NewUser::default()
+        };
+        f.store.add_user(new, &f.ctx).unwrap();
+        f.store
+            .add_device("ann", DeviceKind::Phone, None, &f.ctx)
+            .unwrap();
+        let issued = f
+            .store
+            .generate_codes("ann", CodeRequest::default(), &f.ctx)
+            .unwrap();
+        let code = issued.codes[0].code.expose().to_owned();
+        let (calls, d) = f.calls("ann", &code);
+        assert_eq!(d, Decision::Accept);
+        assert!(calls.contains(&"delete_code"));
+        assert!(f.store.list_codes(Some("ann")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn stand_in_digests_never_match() {
+        // A digest of zeros is what a missing code is compared with: it must not count.
+        assert_eq!(compare(&[], &STAND_IN_DIGEST), None);
+    }
+}
