@@ -120,10 +120,10 @@ impl StoreHandle {
 
     /// The store, checked and ready for a batch, or why not.
     fn ready(&mut self) -> Result<&mut Opened, Error> {
-        let check = match &self.open {
-            None => None,
-            Some(o) => Some(o.watch.as_ref().map_or(Ok(()), Watch::check)),
-        };
+        let check = self
+            .open
+            .as_ref()
+            .map(|o| o.watch.as_ref().map_or(Ok(()), Watch::check));
         match check {
             Some(Ok(())) => {}
             Some(Err(Changed::Replaced)) => {
