@@ -742,7 +742,8 @@ fn check_config(path: Option<&Path>, integrity: bool, out: &Out) -> Outcome {
                 key,
                 config.policy.clone(),
                 std::sync::Arc::new(sparekey::SystemClock),
-            )?;
+            )?
+            .bind_key(&config.store.key_file)?;
         }
         // PostgreSQL checks its own pages; opening proves the URL, password and schema.
         Location::Postgres(_) => drop(Store::open(&config)?),

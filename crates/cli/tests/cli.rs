@@ -549,6 +549,27 @@ fn bad_config_key_and_store_are_clear_errors() {
     std::fs::set_permissions(env.key(), std::fs::Permissions::from_mode(0o600)).unwrap();
     env.ok(&["check-config"]);
 
+    // Another valid key in its place: refused by name, not a wrong code for every login.
+    let code = env.ok(&["code", "generate", "erin"]).trim().to_owned();
+    let other: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(env.key(), &other).unwrap();
+    for args in [
+        &["verify", "erin"][..],
+        &["check-config"],
+        &["user", "list"],
+    ] {
+        let out = env.cmd(args, &format!("{code}\n"));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("sparekey.key") && err.contains("not this store's key"),
+            "{err}"
+        );
+    }
+    std::fs::write(env.key(), &key).unwrap();
+    let out = env.verify("erin", &code);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
     // A database overwritten with random bytes: an error naming it, and the file untouched.
     for suffix in ["-wal", "-shm"] {
         let mut p = env.db().into_os_string();

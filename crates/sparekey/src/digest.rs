@@ -19,6 +19,8 @@ pub const KEY_LEN: usize = 32;
 /// The digest scheme written with every code row.
 pub const SCHEME_V1: u32 = 1;
 const DOMAIN_V1: &[u8] = b"sparekey/v1";
+/// Differs from [`DOMAIN_V1`] within its first ten bytes, so no digest input equals it.
+const KEY_CHECK_DOMAIN: &[u8] = b"sparekey/key-check/v1";
 
 /// The secret key codes are digested under.
 #[derive(Clone)]
@@ -100,6 +102,20 @@ impl DigestKey {
         mac.update(code);
         mac.finalize().into_bytes().into()
     }
+
+    /// A value that names the key without revealing it, `HMAC-SHA256(key,
+    /// "sparekey/key-check/v1")` in hex: a store records it, so that a key file other than
+    /// its own is refused instead of failing every code as wrong (and locking users out).
+    pub fn check_value(&self) -> String {
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        mac.update(KEY_CHECK_DOMAIN);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 impl fmt::Debug for DigestKey {
@@ -117,6 +133,15 @@ impl Drop for DigestKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_check_value_names_the_key() {
+        let k1 = DigestKey::from_bytes([1; 32]);
+        let k2 = DigestKey::from_bytes([2; 32]);
+        assert_eq!(k1.check_value(), k1.check_value());
+        assert_ne!(k1.check_value(), k2.check_value());
+        assert_eq!(k1.check_value().len(), 64);
+    }
 
     #[test]
     fn digest_depends_on_key_user_and_code() {

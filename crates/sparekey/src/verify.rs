@@ -456,6 +456,12 @@ mod tests {
         fn set_normalization(&mut self, n: Normalization) -> Result<()> {
             self.inner.set_normalization(n)
         }
+        fn key_check(&mut self) -> Result<Option<String>> {
+            self.inner.key_check()
+        }
+        fn set_key_check(&mut self, value: &str) -> Result<()> {
+            self.inner.set_key_check(value)
+        }
         fn maintain(&mut self) -> Result<()> {
             self.inner.maintain()
         }

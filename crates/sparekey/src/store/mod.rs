@@ -14,7 +14,10 @@ pub use copy::CopyReport;
 pub use postgres::PostgresBackend;
 pub use sqlite::SqliteBackend;
 
+use std::path::Path;
 use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
 
 use crate::audit::{AuditEvent, AuditFilter, Context, outcome, sanitize};
 use crate::clock::{Clock, SystemClock};
@@ -52,6 +55,10 @@ pub trait Backend: Send + std::fmt::Debug {
     fn normalization(&mut self) -> Result<Option<Normalization>>;
     /// Records the normalisation of a new store.
     fn set_normalization(&mut self, n: Normalization) -> Result<()>;
+    /// The key's check value the store recorded ([`DigestKey::check_value`]), if any.
+    fn key_check(&mut self) -> Result<Option<String>>;
+    /// Records the key's check value, unless one is recorded already (first writer wins).
+    fn set_key_check(&mut self, value: &str) -> Result<()>;
     /// Housekeeping after a purge (SQLite: fold the write-ahead log into the database).
     fn maintain(&mut self) -> Result<()>;
     /// Stops this connection from checkpointing its log as it grows, for a server whose
@@ -356,7 +363,38 @@ impl Store {
             Location::Sqlite(_) => Box::new(SqliteBackend::open(&config.store)?),
             Location::Postgres(pg) => Box::new(PostgresBackend::open(pg, &config.store)?),
         };
-        Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))
+        let mut store =
+            Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))?;
+        store.bind_key(&config.store.key_file)?;
+        Ok(store)
+    }
+
+    /// Ties the store to its key file: a store that recorded another key's check value is
+    /// refused (every code would fail as wrong, and count towards lockout); one that
+    /// recorded none (made before the check existed) records this key's, if it can be
+    /// written.
+    pub fn bind_key(&mut self, key_file: &Path) -> Result<()> {
+        let mine = self.key.check_value();
+        let recorded = match self.backend.key_check()? {
+            Some(v) => v,
+            None => {
+                if self.backend.set_key_check(&mine).is_err() {
+                    // A store that cannot be written cannot verify either; opening it for
+                    // reading is still fine.
+                    return Ok(());
+                }
+                self.backend.key_check()?.unwrap_or_default()
+            }
+        };
+        if !bool::from(recorded.as_bytes().ct_eq(mine.as_bytes())) {
+            return Err(Error::Key {
+                path: key_file.to_owned(),
+                message: "is not this store's key (its codes were digested under another \
+                          one); put back the key file that was made with the store"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Creates what a config names: a new key file (mode 0600) and a new database with the
@@ -369,7 +407,10 @@ impl Store {
             Location::Postgres(pg) => Box::new(PostgresBackend::create(pg, &config.store)?),
         };
         let key = DigestKey::load(&config.store.key_file)?;
-        Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))
+        let mut store =
+            Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))?;
+        store.bind_key(&config.store.key_file)?;
+        Ok(store)
     }
 
     /// Opens the store a config names as the target of [`Store::copy_to`]: its key file
@@ -384,7 +425,10 @@ impl Store {
             Location::Sqlite(_) => Box::new(SqliteBackend::open(&config.store)?),
             Location::Postgres(pg) => Box::new(PostgresBackend::open_or_create(pg, &config.store)?),
         };
-        Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))
+        let mut store =
+            Self::with_backend(backend, key, config.policy.clone(), Arc::new(SystemClock))?;
+        store.bind_key(&config.store.key_file)?;
+        Ok(store)
     }
 
     /// A store over any backend, with an injected clock.

@@ -743,6 +743,21 @@ impl Backend for PostgresBackend {
         }
     }
 
+    fn key_check(&mut self) -> Result<Option<String>> {
+        Ok(self
+            .client()?
+            .query_opt("SELECT value FROM meta WHERE key = 'key_check'", &[])?
+            .map(|r| r.get(0)))
+    }
+
+    fn set_key_check(&mut self, value: &str) -> Result<()> {
+        self.client()?.execute(
+            "INSERT INTO meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING",
+            &[&value],
+        )?;
+        Ok(())
+    }
+
     fn set_normalization(&mut self, n: Normalization) -> Result<()> {
         // First writer wins: two hosts opening a new store at once agree on one value, and
         // the loser's check in `Store::with_backend` then compares against it.

@@ -452,6 +452,23 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    fn key_check(&mut self) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn set_key_check(&mut self, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('key_check', ?1) ON CONFLICT (key) DO NOTHING",
+            [value],
+        )?;
+        Ok(())
+    }
+
     fn set_normalization(&mut self, n: Normalization) -> Result<()> {
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('username_normalization', ?1)
