@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sparekey::config::Synchronous;
@@ -26,6 +26,11 @@ use sparekey::store::CodeRequest;
 use sparekey::{Config, Context, DeviceKind, NewUser, Store};
 use sparekey_bench::radius_load::{self, LoadConfig, Mode};
 use sparekey_radiusd::client::{self, Reply};
+
+#[path = "../../tests/support/hygiene.rs"]
+mod hygiene;
+#[path = "../../tests/support/workspace_bin.rs"]
+mod workspace_bin;
 
 const SECRET: &str = "crash-test-secret-0123456789abcdef";
 /// SIGKILLs in the whole test.
@@ -42,63 +47,8 @@ const LONG_EVERY: usize = 5;
 /// How long to wait for the daemon to come up, or for it to go down once killed.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// `sparekey` and `sparekey-radiusd`, built by cargo (a test can only name the binaries of
-/// its own package; under `cargo test --workspace` these are already built and fresh).
 fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        // Cargo runs a test with variables that describe its package (CARGO_PKG_NAME,
-        // CARGO_MANIFEST_DIR, ...), and ring's build script is rerun when one of those
-        // changes: inherited, they would rebuild ring and everything above it here, and
-        // again at the next top-level build. Cargo's own settings (CARGO_HOME,
-        // CARGO_TARGET_DIR, ...) are kept.
-        let mut cargo = Command::new(env!("CARGO"));
-        for (k, _) in std::env::vars_os() {
-            if describes_package(&k.to_string_lossy()) {
-                cargo.env_remove(&k);
-            }
-        }
-        let out = cargo
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "sparekey-cli",
-                "-p",
-                "sparekey-radiusd",
-            ])
-            .arg("--message-format=json-render-diagnostics")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "cargo build of the binaries failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .collect()
-    });
-    built
-        .iter()
-        .find(|p| p.file_name().is_some_and(|f| f == name))
-        .unwrap_or_else(|| panic!("cargo built no {name}"))
-        .clone()
-}
-
-/// Whether cargo sets `var` for a test to describe the test's package.
-fn describes_package(var: &str) -> bool {
-    ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_"]
-        .iter()
-        .any(|p| var.starts_with(p))
-        || [
-            "CARGO_CRATE_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-            "OUT_DIR",
-        ]
-        .contains(&var)
+    workspace_bin::workspace_bin(name)
 }
 
 /// xorshift64*, for the kill moments.
@@ -624,4 +574,9 @@ fn sigkill_under_load_loses_no_consumption_and_no_unused_code() {
         );
         assert!(!line.starts_with("error"), "sparekey-radiusd: {line}");
     }
+    // And for the suite's leak check: every code, the store, and the log.
+    hygiene::issued(ledger.load.iter().map(|c| c.code.as_str()));
+    hygiene::issued(ledger.control.iter().map(|c| c.code.as_str()));
+    hygiene::keep_text("radiusd.log", &log.join("\n"));
+    hygiene::keep_except(dir.path(), &["users.csv", "freeradius-users"]);
 }

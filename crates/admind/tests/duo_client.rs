@@ -14,6 +14,10 @@ use sparekey::{Config, Context, Decision, Store};
 
 #[path = "../../../tests/support/hygiene.rs"]
 mod hygiene;
+#[path = "../../../tests/support/workspace_bin.rs"]
+mod workspace_bin;
+
+use workspace_bin::workspace_bin;
 
 const RADIUS_SECRET: &str = "a-long-random-test-secret-for-the-nas";
 
@@ -66,42 +70,6 @@ fn log_to(
             let _ = writeln!(log, "{line}");
         }
     })
-}
-
-/// The `sparekey` CLI and `sparekey-radiusd`, built by cargo for this test (cargo does not
-/// hold its build lock while tests run; under `cargo test --workspace` they are already
-/// built and fresh).
-fn workspace_bin(name: &str) -> PathBuf {
-    static EXES: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    let exes = EXES.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-p",
-                "sparekey-cli",
-                "-p",
-                "sparekey-radiusd",
-                "--bins",
-            ])
-            .args(["--message-format=json-render-diagnostics"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cargo build -p sparekey-cli -p sparekey-radiusd"
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .collect()
-    });
-    exes.iter()
-        .find(|p| p.file_name().is_some_and(|f| f == name))
-        .unwrap_or_else(|| panic!("cargo built no {name}"))
-        .clone()
 }
 
 /// `sparekey verify USER` with the code on stdin, as an admin would: accepted or not.
