@@ -117,8 +117,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut sockets = Vec::new();
         for addr in &radius.listen {
-            let s = tokio::net::UdpSocket::bind(addr)
-                .await
+            // server::bind enlarges the receive buffer (a burst of requests waits there
+            // rather than being dropped) and keeps an IPv6 address to IPv6 only.
+            let s = server::bind(*addr)
+                .and_then(tokio::net::UdpSocket::from_std)
                 .with_context(|| format!("binding {addr}"))?;
             log::info!("listening on {}", s.local_addr()?);
             sockets.push(s);
