@@ -81,14 +81,18 @@ stop() {
 }
 
 # load ARGS...: the generator, every answer checked; no retransmissions, so each request
-# is handled once. Its report goes to $dir/load.json.
+# is handled once. Its report goes to $dir/load.json. A wrong answer stops the script; a
+# lost request (a datagram dropped somewhere) is reported with the figures.
 load() {
     "$BIN/sparekey-bench" load --server "127.0.0.1:$port" --secret "$secret" --users "$users" \
-        --sockets 4 --wrong-ratio 0.1 --timeout-ms 30000 --retries 0 --json "$@" >"$dir/load.json" || {
-        cat "$dir/load.json" >&2
-        echo "radius-cost: not every request was answered as expected" >&2
-        exit 1
-    }
+        --sockets 4 --wrong-ratio 0.1 --timeout-ms 30000 --retries 0 --json "$@" >"$dir/load.json" ||
+        python3 - "$dir/load.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if r["unexpected"] or r["bad_replies"]:
+    sys.exit(f"radius-cost: wrong answers: {r}")
+print(f"radius-cost: {r['lost']} of {r['sent']} requests lost", file=sys.stderr)
+PY
 }
 
 # Thread kind of a callgrind part file or a /proc thread name.
@@ -112,7 +116,6 @@ instructions() {
             --callgrind-out-file="$dir/cg.$server.$n"
         load --requests "$n" --duration 3600 --concurrency 64
         stop
-        grep -q '"lost":0,"retransmits":0' "$dir/load.json" || { echo "radius-cost: requests lost or retransmitted" >&2; exit 1; }
     done
     python3 - "$dir/cg.$server" "$N1" "$N2" "$server" <<PY
 import glob, re, sys
@@ -199,9 +202,8 @@ for k in ("network", "writer", "checkpointer", "main"):
         u = (b[k][0] - a.get(k, [0, 0])[0]) / tick * 1e6 / n
         s = (b[k][1] - a.get(k, [0, 0])[1]) / tick * 1e6 / n
         parts.append(f"{k} {u:.1f}+{s:.1f}")
-ok = r["unexpected"] == 0 and r["bad_replies"] == 0 and r["lost"] == 0
 print(f"{server}: {r['rate']:.0f} req/s, CPU us per request (user+system): " + ", ".join(parts)
-      + ("" if ok else "  (NOT all answered as expected)"))
+      + (f"; {r['lost']} lost" if r["lost"] else ""))
 PY
 }
 
