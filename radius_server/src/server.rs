@@ -182,7 +182,7 @@ impl Hash for Key {
 #[derive(Debug)]
 enum Entry {
     InProgress,
-    Done(Vec<u8>),
+    Done(Arc<[u8]>),
 }
 
 #[derive(Debug)]
@@ -262,8 +262,10 @@ impl Shared {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Caches the replies sent, so that retransmissions get them again.
-    fn finish(&self, sent: impl IntoIterator<Item = (Key, Vec<u8>)>) {
+    /// Caches replies about to be sent, so that retransmissions get them again. This
+    /// comes before the send: a client that retransmits as soon as it has the answer must
+    /// find it here, not a request still in progress.
+    fn finish(&self, sent: impl IntoIterator<Item = (Key, Arc<[u8]>)>) {
         let now = Instant::now();
         let mut c = self.cache_lock();
         for (key, bytes) in sent {
@@ -316,7 +318,7 @@ struct Pending {
 struct Outgoing {
     key: Key,
     sock: Arc<UdpSocket>,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
 }
 
 /// Serves RADIUS on `sockets`, deciding with `store` (a [`sparekey::Store`]), until
@@ -377,14 +379,15 @@ pub async fn run(
                         Outgoing {
                             key: p.key,
                             sock: p.sock,
-                            bytes: protocol::encode_reply(&p.reply_to, answer, &client.secret),
+                            bytes: protocol::encode_reply(&p.reply_to, answer, &client.secret)
+                                .into(),
                         }
                     })
                     // An empty reply (one too large to encode) is neither sent nor cached.
                     .filter(|o| !o.bytes.is_empty())
                     .collect();
+                shared.finish(out.iter().map(|o| (o.key, o.bytes.clone())));
                 send_all(&out).await;
-                shared.finish(out.into_iter().map(|o| (o.key, o.bytes)));
             }
         })
     };
@@ -514,9 +517,10 @@ async fn handle(
     let mut login = match req.kind {
         Kind::Status => {
             Counters::bump(&c.status);
-            let bytes = protocol::encode_reply(&req.reply_to, Answer::Accept, &client.secret);
+            let bytes: Arc<[u8]> =
+                protocol::encode_reply(&req.reply_to, Answer::Accept, &client.secret).into();
+            shared.finish([(key, bytes.clone())]);
             send(sock, &bytes, from).await;
-            shared.finish([(key, bytes)]);
             return;
         }
         Kind::Access(l) => l,
@@ -529,9 +533,10 @@ async fn handle(
             display_login(&login.user_name)
         );
         Counters::bump(&c.rejects);
-        let bytes = protocol::encode_reply(&req.reply_to, Answer::Reject, &client.secret);
+        let bytes: Arc<[u8]> =
+            protocol::encode_reply(&req.reply_to, Answer::Reject, &client.secret).into();
+        shared.finish([(key, bytes.clone())]);
         send(sock, &bytes, from).await;
-        shared.finish([(key, bytes)]);
         return;
     };
     let ip = from.ip();
