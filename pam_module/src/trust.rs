@@ -87,11 +87,14 @@ pub fn open_store(config: &Config) -> Result<Store, Unusable> {
             }
         }
     }
-    Store::open(&config).map_err(|e| match e {
+    let mut store = Store::open(&config).map_err(|e| match e {
         Error::Key { .. } => Unusable::key(e.to_string()),
         Error::Config { .. } => Unusable::config(e.to_string()),
         _ => Unusable::store(e.to_string()),
-    })
+    })?;
+    // Best effort: a store that cannot take the checkpoint fails (or not) on its own.
+    let _ = store.keep_log_short();
+    Ok(store)
 }
 
 /// Checks a file named by the config and returns its real path, if it exists (a missing

@@ -70,6 +70,11 @@ pub trait Backend: Send + std::fmt::Debug {
     fn checkpoint(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Keeps the log short, for a process that opens the store for one operation: the
+    /// first connection to open a store reads its whole log back.
+    fn keep_log_short(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Which users to list.
@@ -689,6 +694,15 @@ impl Store {
     /// Folds what it can of the log into the database, waiting for nobody.
     pub fn checkpoint(&mut self) -> Result<()> {
         self.backend.checkpoint()
+    }
+
+    /// For a process that opens the store for one login and exits (the PAM module): a
+    /// SQLite log longer than about 400 KiB is folded into the database and truncated, if
+    /// nobody else is busy, because the first connection to open a store reads and
+    /// checksums the whole log back, and a PAM login is usually that first connection.
+    /// Best effort: an error here changes nothing and may be ignored.
+    pub fn keep_log_short(&mut self) -> Result<()> {
+        self.backend.keep_log_short()
     }
 
     /// Lists audit events.

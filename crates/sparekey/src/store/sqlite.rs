@@ -443,6 +443,31 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    fn keep_log_short(&mut self) -> Result<()> {
+        // The first connection to open a store rebuilds the log's index by reading every
+        // frame, and, having lost what the last process checkpointed, copies them all into
+        // the database again without ever restarting the log. So a log past the limit is
+        // checkpointed and truncated here, once; without waiting for anyone: if another
+        // connection is busy, the log stays and the next process tries again.
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let long = std::fs::metadata(&wal).is_ok_and(|m| m.len() > SHORT_LOG_BYTES);
+        if !long {
+            return Ok(());
+        }
+        let wait: i64 = self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        self.conn
+            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
+        done?;
+        Ok(())
+    }
+
     fn maintain(&mut self) -> Result<()> {
         // TRUNCATE empties the log, so that right after a purge the database file alone is
         // a complete copy. If another connection is reading, the checkpoint stops short
@@ -478,6 +503,9 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 }
+
+/// How long a log [`Backend::keep_log_short`] lets be: about a hundred pages.
+const SHORT_LOG_BYTES: u64 = 400 << 10;
 
 struct SqliteTx<'a> {
     tx: Transaction<'a>,
@@ -1173,6 +1201,44 @@ mod tests {
 
     /// A store written at schema step 3 (the last before the WITHOUT ROWID tables)
     /// upgrades in place: every row, code and rule survives.
+    #[test]
+    fn a_long_log_is_folded_and_truncated_for_a_short_lived_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            path: dir.path().join("sparekey.db"),
+            key_file: dir.path().join("sparekey.key"),
+            busy_timeout_ms: 5000,
+            synchronous: Synchronous::Normal,
+        };
+        let clock = ManualClock::at(T0);
+        let ctx = Context::new("test");
+        let wal = dir.path().join("sparekey.db-wal");
+        {
+            let mut store = open_store(SqliteBackend::create(&config).unwrap(), &clock);
+            for i in 0..300 {
+                let name = format!("user{i}");
+                store
+                    .add_user(
+                        NewUser {
+                            username: name.clone(),
+                            ..NewUser::default()
+                        },
+                        &ctx,
+                    )
+                    .unwrap();
+            }
+        }
+        let long = std::fs::metadata(&wal).unwrap().len();
+        assert!(long > SHORT_LOG_BYTES, "{long}");
+        // A short one is left alone; a long one is folded in, the log emptied, nothing lost.
+        let mut store = open_store(SqliteBackend::open(&config).unwrap(), &clock);
+        store.keep_log_short().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(store.list_users(&Default::default()).unwrap().len(), 300);
+        store.keep_log_short().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    }
+
     #[test]
     fn a_store_made_at_step_three_upgrades_in_place() {
         let dir = tempfile::tempdir().unwrap();
