@@ -12,13 +12,16 @@ use sparekey::{Config, Context, DeviceKind, NewUser, Store};
 
 /// Writes `dir/sparekey.toml` (with `[radius]` listening on `listen`), the key and store,
 /// `dir/users.csv` and `dir/freeradius-users`, for `n` users.
-pub fn make(
+/// Writes `dir/sparekey.toml` for a benchmark: the store in `dir`, `synchronous` and
+/// `lockout_threshold` as given, and one RADIUS client "bench" on 127.0.0.1 with no rate
+/// limit; returns the config as loaded.
+pub fn write_config(
     dir: &Path,
-    n: usize,
     listen: &str,
     secret: &str,
     synchronous: &str,
-) -> anyhow::Result<()> {
+    lockout_threshold: u32,
+) -> anyhow::Result<Config> {
     std::fs::create_dir_all(dir)?;
     let config_path = dir.join("sparekey.toml");
     let text = format!(
@@ -28,10 +31,23 @@ pub fn make(
                 "# synchronous = \"full\"",
                 &format!("synchronous = \"{synchronous}\"")
             )
-            .replace("# lockout_threshold = 10", "lockout_threshold = 0")
+            .replace(
+                "# lockout_threshold = 10",
+                &format!("lockout_threshold = {lockout_threshold}")
+            )
     );
     std::fs::write(&config_path, text)?;
-    let config = Config::load(&config_path)?;
+    Ok(Config::load(&config_path)?)
+}
+
+pub fn make(
+    dir: &Path,
+    n: usize,
+    listen: &str,
+    secret: &str,
+    synchronous: &str,
+) -> anyhow::Result<()> {
+    let config = write_config(dir, listen, secret, synchronous, 0)?;
     let mut store = Store::create(&config).context("creating the store")?;
     let ctx = Context::new("bench");
     let private = |name: &str| {

@@ -158,22 +158,8 @@ pub fn setup(
     if per_case == 0 {
         bail!("--per-case must be at least 1");
     }
-    std::fs::create_dir_all(dir)?;
-    let config_path = dir.join("sparekey.toml");
-    let text = format!(
-        "{}\n[radius]\nlisten = [\"{listen}\"]\n\n[[radius.client]]\nname = \"bench\"\naddress = \"127.0.0.1\"\nsecret = \"{secret}\"\nrate_limit = 0\n",
-        Config::init_text(dir)
-            .replace(
-                "# synchronous = \"full\"",
-                &format!("synchronous = \"{synchronous}\"")
-            )
-            .replace(
-                "# lockout_threshold = 10",
-                &format!("lockout_threshold = {LOCKOUT_THRESHOLD}")
-            )
-    );
-    std::fs::write(&config_path, text)?;
-    let mut config = Config::load(&config_path)?;
+    let mut config =
+        crate::setup::write_config(dir, listen, secret, synchronous, LOCKOUT_THRESHOLD)?;
     if config.policy.lockout_threshold != LOCKOUT_THRESHOLD {
         bail!("the generated config did not take lockout_threshold = {LOCKOUT_THRESHOLD}");
     }
