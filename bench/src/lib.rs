@@ -6,5 +6,6 @@
 
 pub mod null;
 pub mod radius_load;
+pub mod rng;
 pub mod setup;
 pub mod timing;

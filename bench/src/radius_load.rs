@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use sparekey_radiusd::client::{self, Reply};
 
+use crate::rng::Rng;
+
 /// How requests are paced.
 #[derive(Clone, Copy, Debug)]
 pub enum Mode {
@@ -160,19 +162,6 @@ impl Report {
     }
 }
 
-/// xorshift64*: fast, seedable, and plenty for choosing users and authenticators.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 struct InFlight {
     request: Vec<u8>,
     expect: Reply,
@@ -234,7 +223,7 @@ fn worker(
     start: Instant,
     stop: Option<&AtomicBool>,
 ) -> std::io::Result<Report> {
-    let mut rng = Rng(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(k as u64 + 1)) | 1);
+    let mut rng = Rng::with_state(cfg.seed ^ (0x9e37_79b9_7f4a_7c15u64.wrapping_mul(k as u64 + 1)));
     let mut slots: Vec<Option<InFlight>> = (0..256).map(|_| None).collect();
     let mut next_id = 0usize;
     let mut in_flight = 0usize;
@@ -425,21 +414,21 @@ fn send_new(
     }
     let id = *next_id;
     *next_id = (id + 1) % 256;
-    let entry = (rng.next() % cfg.users.len().max(1) as u64) as usize;
+    let entry = (rng.next_u64() % cfg.users.len().max(1) as u64) as usize;
     let (user, code) = &cfg.users[entry];
-    let wrong = (rng.next() % 1_000_000) as f64 / 1_000_000.0 < cfg.wrong_ratio;
+    let wrong = (rng.next_u64() % 1_000_000) as f64 / 1_000_000.0 < cfg.wrong_ratio;
     let wrong_code;
     let (code, expect, entry) = if wrong {
         // Nine digits that differ from the valid code in the first one.
         let first = (code.as_bytes().first().map_or(0, |b| b - b'0') + 1) % 10;
-        wrong_code = format!("{first}{:08}", rng.next() % 100_000_000);
+        wrong_code = format!("{first}{:08}", rng.next_u64() % 100_000_000);
         (wrong_code.as_str(), Reply::Reject, None)
     } else {
         (code.as_str(), Reply::Accept, Some(entry))
     };
     let mut auth = [0u8; 16];
-    auth[..8].copy_from_slice(&rng.next().to_le_bytes());
-    auth[8..].copy_from_slice(&rng.next().to_le_bytes());
+    auth[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    auth[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
     let request = client::pap(id as u8, auth, user, code, &cfg.secret);
     send(sock, &request)?;
     slots[id] = Some(InFlight {

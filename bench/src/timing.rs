@@ -28,6 +28,8 @@ use sparekey::store::CodeRequest;
 use sparekey::{Config, Context, Decision, DeviceKind, NewUser, Reason, Status, Store};
 use sparekey_radiusd::client::{self, Reply};
 
+use crate::rng::Rng;
+
 /// What kind of account a request names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Case {
@@ -115,33 +117,6 @@ pub struct Target {
 /// The highest lockout threshold the config allows; see the module's note on lockout.
 pub const LOCKOUT_THRESHOLD: u32 = 1000;
 
-/// xorshift64*: seedable, and plenty for names, schedules and authenticators.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
-
 /// Writes `dir/sparekey.toml` (listening on `listen`, one client `127.0.0.1` with
 /// `secret`, no rate limit, `lockout_threshold = 1000`), the key and the store, and
 /// `dir/timing-users.csv` (`case,user,code`, mode 0600): `per_case` distinct users for
@@ -172,7 +147,7 @@ pub fn setup(
     let mut rng = Rng::new(seed);
     let mut names = std::collections::BTreeSet::new();
     while names.len() < per_case * Case::ALL.len() {
-        names.insert(format!("t{:010x}", rng.next() & 0xff_ffff_ffff));
+        names.insert(format!("t{:010x}", rng.next_u64() & 0xff_ffff_ffff));
     }
     let mut names: Vec<String> = names.into_iter().collect();
     rng.shuffle(&mut names);
@@ -320,11 +295,11 @@ impl Samples {
 /// A code of nine digits that is not `valid` (it differs in the first digit).
 fn wrong_code(rng: &mut Rng, valid: &str) -> String {
     let first = valid.as_bytes().first().map_or(0, |b| b.wrapping_sub(b'0'));
-    let mut d = (rng.next() % 10) as u8;
+    let mut d = (rng.next_u64() % 10) as u8;
     if d == first {
         d = (d + 1) % 10;
     }
-    format!("{d}{:08}", rng.next() % 100_000_000)
+    format!("{d}{:08}", rng.next_u64() % 100_000_000)
 }
 
 /// Sends `cfg.warmup` then `cfg.samples * cfg.cases.len()` requests, one at a time, and
@@ -381,8 +356,8 @@ pub fn run(cfg: &TimingConfig) -> anyhow::Result<Samples> {
             wrong_code(&mut rng, &target.code)
         };
         let mut auth = [0u8; 16];
-        auth[..8].copy_from_slice(&rng.next().to_le_bytes());
-        auth[8..].copy_from_slice(&rng.next().to_le_bytes());
+        auth[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+        auth[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
         id = id.wrapping_add(1);
         let request = client::pap(id, auth, &target.user, &code, &cfg.secret);
 
@@ -767,11 +742,11 @@ mod tests {
     fn a_small_shift_in_many_samples_is_detected() {
         // Two pseudo-random samples, one shifted by a tenth of its spread.
         let mut rng = Rng::new(3);
-        let a: Vec<u64> = (0..20_000).map(|_| 1_000 + rng.next() % 1_000).collect();
-        let b: Vec<u64> = (0..20_000).map(|_| 1_100 + rng.next() % 1_000).collect();
+        let a: Vec<u64> = (0..20_000).map(|_| 1_000 + rng.next_u64() % 1_000).collect();
+        let b: Vec<u64> = (0..20_000).map(|_| 1_100 + rng.next_u64() % 1_000).collect();
         assert!(ks_two_sample(&a, &b).p < 1e-6);
         assert!(mann_whitney(&a, &b).p < 1e-6);
-        let c: Vec<u64> = (0..20_000).map(|_| 1_000 + rng.next() % 1_000).collect();
+        let c: Vec<u64> = (0..20_000).map(|_| 1_000 + rng.next_u64() % 1_000).collect();
         assert!(ks_two_sample(&a, &c).p > 1e-3);
     }
 

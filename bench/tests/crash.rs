@@ -25,6 +25,7 @@ use sparekey::config::Synchronous;
 use sparekey::store::CodeRequest;
 use sparekey::{Config, Context, DeviceKind, NewUser, Store};
 use sparekey_bench::radius_load::{self, LoadConfig, Mode};
+use sparekey_bench::rng::Rng;
 use sparekey_radiusd::client::{self, Reply};
 
 #[path = "../../tests/support/hygiene.rs"]
@@ -51,21 +52,9 @@ fn bin(name: &str) -> PathBuf {
     workspace_bin::workspace_bin(name)
 }
 
-/// xorshift64*, for the kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `lo..hi` milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi - lo))
-    }
+/// Uniform in `lo..hi` milliseconds: a kill moment.
+fn millis(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
+    Duration::from_millis(lo + rng.next_u64() % (hi - lo))
 }
 
 /// A code the test issued, in clear, with what it was issued with.
@@ -407,7 +396,7 @@ fn sigkill_under_load_loses_no_consumption_and_no_unused_code() {
                 .as_nanos() as u64
         });
     eprintln!("seed {seed} (SPAREKEY_CRASH_SEED={seed} replays these kill moments)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::with_state(seed);
 
     let dir = tempfile::tempdir().unwrap();
     // The benchmark's config and store: lockout off, so that wrong codes stay wrong codes,
@@ -493,9 +482,9 @@ fn sigkill_under_load_loses_no_consumption_and_no_unused_code() {
         };
         // The random moment is the point here: nothing is waited for.
         let delay = if cycle % LONG_EVERY == LONG_EVERY - 1 {
-            rng.millis(1000, 1500)
+            millis(&mut rng, 1000, 1500)
         } else {
-            rng.millis(1, 150)
+            millis(&mut rng, 1, 150)
         };
         std::thread::sleep(delay);
         kill(&mut daemon);
