@@ -742,11 +742,17 @@ mod tests {
     fn a_small_shift_in_many_samples_is_detected() {
         // Two pseudo-random samples, one shifted by a tenth of its spread.
         let mut rng = Rng::new(3);
-        let a: Vec<u64> = (0..20_000).map(|_| 1_000 + rng.next_u64() % 1_000).collect();
-        let b: Vec<u64> = (0..20_000).map(|_| 1_100 + rng.next_u64() % 1_000).collect();
+        let a: Vec<u64> = (0..20_000)
+            .map(|_| 1_000 + rng.next_u64() % 1_000)
+            .collect();
+        let b: Vec<u64> = (0..20_000)
+            .map(|_| 1_100 + rng.next_u64() % 1_000)
+            .collect();
         assert!(ks_two_sample(&a, &b).p < 1e-6);
         assert!(mann_whitney(&a, &b).p < 1e-6);
-        let c: Vec<u64> = (0..20_000).map(|_| 1_000 + rng.next_u64() % 1_000).collect();
+        let c: Vec<u64> = (0..20_000)
+            .map(|_| 1_000 + rng.next_u64() % 1_000)
+            .collect();
         assert!(ks_two_sample(&a, &c).p > 1e-3);
     }
 
