@@ -100,6 +100,17 @@ pub trait Tx {
     fn rollback_savepoint(&mut self) -> Result<()>;
     /// The user a login key belongs to (trashed users included).
     fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
+    /// Looks a login key up as [`Tx::user_id_by_login`] does, in the same single seek,
+    /// and where no login has this key, answers with the user whose key comes next (the
+    /// first key when none comes after): a real user whose rows a refusal of an unknown
+    /// login then reads, so that it touches as many and as cold pages as a known user's.
+    /// The `bool` says whether the key was found. By default, no neighbour: where reading
+    /// a user locks their row (PostgreSQL), a stranger's unknown logins would otherwise
+    /// hold real users' rows, wait on their logins and deadlock with batches that lock
+    /// in order.
+    fn user_id_by_login_or_next(&mut self, key: &LoginKey) -> Result<Option<(UserId, bool)>> {
+        Ok(self.user_id_by_login(key)?.map(|id| (id, true)))
+    }
     /// A user with their aliases. In a write transaction, a backend that lets writers run
     /// side by side (PostgreSQL) locks the user's row until commit. Every rule reads a user
     /// through this before it reads or changes anything of theirs, so two transactions on

@@ -746,6 +746,22 @@ impl Tx for SqliteTx<'_> {
             .map(UserId::from_string))
     }
 
+    fn user_id_by_login_or_next(&mut self, key: &LoginKey) -> Result<Option<(UserId, bool)>> {
+        // Both arms walk the primary key; the second runs only past the last key.
+        let mut st = self.tx.prepare_cached(
+            "SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 LIMIT 1)
+             UNION ALL
+             SELECT key, user_id FROM (SELECT key, user_id FROM logins LIMIT 1)
+             LIMIT 1",
+        )?;
+        let found = st
+            .query_row([key.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?;
+        Ok(found.map(|(k, id)| (UserId::from_string(id), k == key.as_str())))
+    }
+
     fn user(&mut self, id: &UserId) -> Result<Option<User>> {
         let mut st = self.tx.prepare_cached(concat!(
             "SELECT ",
@@ -1197,6 +1213,43 @@ mod tests {
     fn count(conn: &Connection, table: &str) -> i64 {
         conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// The seek a refusal of an unknown login uses: the key itself, else the next one,
+    /// else (past the last) the first; nothing in an empty table.
+    #[test]
+    fn a_login_seek_finds_the_key_or_the_next_one_round_the_end() {
+        let mut backend = SqliteBackend::in_memory().unwrap();
+        let key = |k: &str| LoginKey::from_login(k, Normalization::default()).unwrap();
+        let mut tx = backend.begin().unwrap();
+        assert_eq!(tx.user_id_by_login_or_next(&key("b")).unwrap(), None);
+        for name in ["b", "d"] {
+            let user = User {
+                id: UserId::generate().unwrap(),
+                username: Username::parse(name).unwrap(),
+                aliases: Vec::new(),
+                realname: None,
+                email: None,
+                notes: None,
+                status: Status::Active,
+                lockout: None,
+                failed_attempts: 0,
+                created_at: T0,
+                last_login: None,
+                trashed_at: None,
+            };
+            tx.insert_user(&user, &[key(name)]).unwrap();
+        }
+        let seek = |tx: &mut Box<dyn Tx + '_>, k: &str| {
+            tx.user_id_by_login_or_next(&key(k))
+                .unwrap()
+                .map(|(id, exact)| (tx.user(&id).unwrap().unwrap().username.to_string(), exact))
+        };
+        assert_eq!(seek(&mut tx, "a"), Some(("b".into(), false)));
+        assert_eq!(seek(&mut tx, "b"), Some(("b".into(), true)));
+        assert_eq!(seek(&mut tx, "c"), Some(("d".into(), false)));
+        assert_eq!(seek(&mut tx, "d"), Some(("d".into(), true)));
+        assert_eq!(seek(&mut tx, "e"), Some(("b".into(), false)));
     }
 
     /// A store written at schema step 3 (the last before the WITHOUT ROWID tables)

@@ -608,6 +608,32 @@ fn unknown_users_and_malformed_input_are_rejected(b: Kind) {
     assert_eq!(f.verify("alice", &code), Decision::Accept);
 }
 
+/// A login that names no one reads the rows of the user whose name comes next (where the
+/// backend does that, for timing): their codes must never let it in, and nothing of
+/// theirs may change.
+fn a_login_beside_a_user_is_never_that_user(b: Kind) {
+    let mut f = fixture(b);
+    f.enrolled("bob");
+    let code = f.one("bob", 1, 0);
+    // Before the only key, after it (wrapping round to it), and a prefix of it.
+    for login in ["alice", "carol", "bo", "bobb"] {
+        let v = f.store.verify(login, &code, &f.ctx).unwrap();
+        assert_eq!(v.decision, Decision::Reject(Reason::UnknownUser), "{login}");
+        assert_eq!((v.user_id, v.username), (None, None), "{login}");
+    }
+    let bob = f.store.find_user("bob").unwrap();
+    assert_eq!(bob.failed_attempts, 0);
+    assert_eq!(f.store.list_codes(Some("bob")).unwrap().len(), 1);
+    let refusals = f.store.audit(&AuditFilter::default()).unwrap();
+    assert!(
+        refusals
+            .iter()
+            .filter(|e| e.action == "auth")
+            .all(|e| e.user_id.is_none() && e.code_id.is_none())
+    );
+    assert_eq!(f.verify("bob", &code), Decision::Accept);
+}
+
 fn aliases_and_normalisation(b: Kind) {
     let mut f = fixture(b);
     let new = NewUser {
@@ -1305,6 +1331,7 @@ on_both_backends!(
     statuses,
     not_enrolled_users_cannot_use_codes,
     unknown_users_and_malformed_input_are_rejected,
+    a_login_beside_a_user_is_never_that_user,
     aliases_and_normalisation,
     exact_matching_without_normalisation,
     trash_restore_and_purge,
