@@ -142,6 +142,7 @@ echo "open loop at $half req/s (half of sparekey-radiusd's median peak)" >&2
 for r in $(seq "$ROUNDS"); do
     load freeradius "$port_fr" --rate "$half" --lenient-replies >>"$results"
     load sparekey "$port_sk" --rate "$half" >>"$results"
+    load null "$port_null" --rate "$half" >>"$results"
 done
 
 python3 - "$results" <<'PY'

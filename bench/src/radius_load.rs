@@ -245,11 +245,11 @@ fn worker(
     let mut next_send =
         start + interval.map_or(Duration::ZERO, |i| i.mul_f64(k as f64 / of as f64));
     let mut buf = [0u8; 4096];
+    sock.set_nonblocking(true)?;
     loop {
         if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
             // Answers already here count: a server killed just now did send them. The
             // socket's buffer holds a bounded number of datagrams.
-            sock.set_nonblocking(true)?;
             for _ in 0..65_536 {
                 match sock.recv(&mut buf) {
                     Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
@@ -332,26 +332,43 @@ fn worker(
         if interval.is_some() && may_send {
             wake = wake.min(next_send);
         }
-        let mut wait = wake
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_micros(50));
+        let mut wait = wake.saturating_duration_since(Instant::now());
         if stop.is_some() {
             wait = wait.min(STOP_POLL);
         }
-        sock.set_read_timeout(Some(wait))?;
-        match sock.recv(&mut buf) {
-            Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            Err(e) => return Err(e),
+        // ppoll, not a receive timeout: SO_RCVTIMEO counts in scheduler ticks (4 ms at
+        // HZ=250), which made every open-loop send up to a tick late, and the lateness
+        // counts as latency (it is measured from the scheduled send).
+        if !readable_within(sock, wait)? {
+            continue;
+        }
+        // Take every answer already waiting, not one per wake-up.
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     r.elapsed = start.elapsed().as_secs_f64();
     Ok(r)
+}
+
+/// Waits until `sock` has a datagram or `wait` has passed, to the microsecond.
+fn readable_within(sock: &UdpSocket, wait: Duration) -> std::io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let timeout = Timespec {
+        tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(wait.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(sock, PollFlags::IN)];
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(n) => Ok(n > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Matches a datagram with the request it answers (by identifier), checks it and counts
