@@ -75,6 +75,12 @@ pub trait Backend: Send + std::fmt::Debug {
     fn keep_log_short(&mut self) -> Result<()> {
         Ok(())
     }
+    /// For a writer that defers its checkpoints: copies what is left of the log into the
+    /// database and has the next commit write the log from its start, without waiting for
+    /// anyone.
+    fn restart_log(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Which users to list.
@@ -705,6 +711,14 @@ impl Store {
     /// Folds what it can of the log into the database, waiting for nobody.
     pub fn checkpoint(&mut self) -> Result<()> {
         self.backend.checkpoint()
+    }
+
+    /// For a server's writer, between batches, after another connection's checkpoint:
+    /// copies the little of the log that is left into the database and has the next
+    /// commit write the log from its start again, so that the log file stops growing.
+    /// Waits for nobody. Best effort: an error here changes nothing and may be ignored.
+    pub fn restart_log(&mut self) -> Result<()> {
+        self.backend.restart_log()
     }
 
     /// For a process that opens the store for one login and exits (the PAM module): a

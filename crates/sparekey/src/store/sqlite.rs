@@ -468,6 +468,20 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
+    fn restart_log(&mut self) -> Result<()> {
+        let wait: i64 = self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let done = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+        self.conn
+            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
+        done?;
+        Ok(())
+    }
+
     fn maintain(&mut self) -> Result<()> {
         // TRUNCATE empties the log, so that right after a purge the database file alone is
         // a complete copy. If another connection is reading, the checkpoint stops short

@@ -1385,6 +1385,47 @@ fn a_server_can_leave_checkpoints_to_another_connection() {
     assert!(other.find_user("u3-4999").is_ok());
 }
 
+/// Under sustained load the writer never finds the log wholly copied back when it begins,
+/// so the log would only grow; `restart_log` has the next commit write it from its start.
+#[test]
+fn a_writer_that_restarts_its_log_keeps_it_from_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = crate::config::Config::init_text(dir.path());
+    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let wal = dir.path().join("sparekey.db-wal");
+    let ctx = Context::new("test");
+    let mut writer = Store::create(&config).unwrap();
+    writer.defer_checkpoints().unwrap();
+    let mut n = 0;
+    let mut add = |store: &mut Store| {
+        store
+            .batch(&ctx, |b| {
+                for _ in 0..2000 {
+                    n += 1;
+                    b.add_user(NewUser {
+                        username: format!("u{n}"),
+                        ..NewUser::default()
+                    })?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        std::fs::metadata(&wal).unwrap().len()
+    };
+    let grown = add(&mut writer);
+    assert!(add(&mut writer) > grown, "without a restart the log grows");
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    writer.restart_log().unwrap();
+    assert_eq!(
+        add(&mut writer),
+        grown,
+        "the next commit wrote the log from its start"
+    );
+    assert!(writer.find_user(&format!("u{n}")).is_ok());
+    let mut other = Store::open(&config).unwrap();
+    assert!(other.find_user("u1").is_ok() && other.find_user(&format!("u{n}")).is_ok());
+}
+
 #[test]
 fn an_emptied_store_file_is_refused_not_made_anew() {
     let dir = tempfile::tempdir().unwrap();
