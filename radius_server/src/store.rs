@@ -479,7 +479,7 @@ mod tests {
             passcode: "123456",
             ctx: &ctx,
         };
-        let mut batch = |w: &mut StoreHandle| {
+        let batch = |w: &mut StoreHandle| {
             let answers = w.verify_many(&[attempt; 100]).unwrap();
             assert!(answers.iter().all(Result::is_ok));
             std::fs::metadata(&wal).unwrap().len()
