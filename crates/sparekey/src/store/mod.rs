@@ -66,9 +66,10 @@ pub trait Backend: Send + std::fmt::Debug {
     fn defer_checkpoints(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Folds what it can of the log into the database without waiting for anyone.
-    fn checkpoint(&mut self) -> Result<()> {
-        Ok(())
+    /// Folds what it can of the log into the database without waiting for anyone, and
+    /// says how long the log is, in pages (0 where there is none).
+    fn checkpoint(&mut self) -> Result<u64> {
+        Ok(0)
     }
     /// Keeps the log short, for a process that opens the store for one operation: the
     /// first connection to open a store reads its whole log back.
@@ -708,8 +709,9 @@ impl Store {
         self.backend.defer_checkpoints()
     }
 
-    /// Folds what it can of the log into the database, waiting for nobody.
-    pub fn checkpoint(&mut self) -> Result<()> {
+    /// Folds what it can of the log into the database, waiting for nobody, and says how
+    /// long the log is, in pages of 4 KiB (0 for a store without one).
+    pub fn checkpoint(&mut self) -> Result<u64> {
         self.backend.checkpoint()
     }
 

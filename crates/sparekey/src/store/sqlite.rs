@@ -437,10 +437,12 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
+    fn checkpoint(&mut self) -> Result<u64> {
+        // One row: busy, the log's length in frames, how many are copied back.
+        let frames: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+        Ok(frames.max(0) as u64)
     }
 
     fn keep_log_short(&mut self) -> Result<()> {
