@@ -431,30 +431,35 @@ mod tests {
     use crate::config::Policy;
     use crate::digest::DigestKey;
     use crate::model::{Device, DeviceId, DeviceKind, Normalization};
-    use crate::store::{AdminKey, Backend, CodeRequest, NewUser, SqliteBackend, Store, UserFilter};
+    use crate::store::{
+        AdminKey, Attempt, Backend, CodeRequest, NewUser, SqliteBackend, Store, UserFilter,
+    };
 
     type Log = Arc<Mutex<Vec<&'static str>>>;
+    /// A login key whose lookup fails, as a store might under an attempt.
+    type FailOn = Arc<Mutex<Option<String>>>;
 
     /// An in-memory SQLite backend whose transactions record the name of every call.
     #[derive(Debug)]
     struct Recording {
         inner: SqliteBackend,
         log: Log,
+        fail_on: FailOn,
     }
 
     impl Backend for Recording {
         fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
-            let log = self.log.clone();
             Ok(Box::new(RecordingTx {
                 inner: self.inner.begin()?,
-                log,
+                log: self.log.clone(),
+                fail_on: self.fail_on.clone(),
             }))
         }
         fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>> {
-            let log = self.log.clone();
             Ok(Box::new(RecordingTx {
                 inner: self.inner.begin_read()?,
-                log,
+                log: self.log.clone(),
+                fail_on: self.fail_on.clone(),
             }))
         }
         fn normalization(&mut self) -> Result<Option<Normalization>> {
@@ -477,6 +482,7 @@ mod tests {
     struct RecordingTx<'a> {
         inner: Box<dyn Tx + 'a>,
         log: Log,
+        fail_on: FailOn,
     }
 
     /// Each method logs its name, then hands over to the real transaction.
@@ -494,12 +500,18 @@ mod tests {
             self.log.lock().unwrap().push("commit");
             self.inner.commit()
         }
+        fn user_id_by_login_or_next(&mut self, key: &LoginKey) -> Result<Option<(UserId, bool)>> {
+            self.log.lock().unwrap().push("user_id_by_login_or_next");
+            if self.fail_on.lock().unwrap().as_deref() == Some(key.as_str()) {
+                return Err(crate::Error::Store("injected failure".into()));
+            }
+            self.inner.user_id_by_login_or_next(key)
+        }
         recorded! {
             fn savepoint(&mut self) -> Result<()>;
             fn release_savepoint(&mut self) -> Result<()>;
             fn rollback_savepoint(&mut self) -> Result<()>;
             fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
-            fn user_id_by_login_or_next(&mut self, key: &LoginKey) -> Result<Option<(UserId, bool)>>;
             fn user(&mut self, id: &UserId) -> Result<Option<User>>;
             fn lock_users(&mut self, keys: &[LoginKey]) -> Result<()>;
             fn insert_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
@@ -539,15 +551,18 @@ mod tests {
     struct Fixture {
         store: Store,
         log: Log,
+        fail_on: FailOn,
         ctx: Context,
     }
 
     impl Fixture {
         fn new() -> Self {
             let log = Log::default();
+            let fail_on = FailOn::default();
             let backend = Recording {
                 inner: SqliteBackend::in_memory().unwrap(),
                 log: log.clone(),
+                fail_on: fail_on.clone(),
             };
             let policy = Policy {
                 lockout_threshold: THRESHOLD,
@@ -563,6 +578,7 @@ mod tests {
             Fixture {
                 store,
                 log,
+                fail_on,
                 ctx: Context::new("test"),
             }
         }
@@ -726,6 +742,67 @@ mod tests {
         assert_eq!(d, Decision::Accept);
         assert!(calls.contains(&"delete_code"));
         assert!(f.store.list_codes(Some("ann")).unwrap().is_empty());
+    }
+
+    /// A batch runs without savepoints; when one attempt fails, the whole transaction is
+    /// undone and the batch run again with one savepoint per attempt: the failed attempt
+    /// alone is lost, and the others are counted and audited once, not twice.
+    #[test]
+    fn a_failed_attempt_in_a_batch_is_undone_alone_and_the_others_count_once() {
+        let mut f = Fixture::new();
+        for name in ["ann", "bob", "cy"] {
+            f.user(name, Status::Active, true);
+        }
+        let ctx = Context::new("radius:test");
+        let attempts: Vec<Attempt<'_>> = ["ann", "bob", "cy", "ann"]
+            .into_iter()
+            .map(|login| Attempt {
+                login,
+                passcode: "000000000",
+                ctx: &ctx,
+            })
+            .collect();
+
+        f.log.lock().unwrap().clear();
+        let out = f.store.verify_many(&attempts[..1]).unwrap();
+        assert!(out[0].is_ok());
+        assert!(
+            !f.log.lock().unwrap().contains(&"savepoint"),
+            "a batch that fails nowhere takes no savepoints"
+        );
+
+        *f.fail_on.lock().unwrap() = Some("bob".into());
+        f.log.lock().unwrap().clear();
+        let out = f.store.verify_many(&attempts).unwrap();
+        let wrong = |r: &Result<Verdict>| {
+            r.as_ref()
+                .is_ok_and(|v| v.decision == Decision::Reject(Reason::WrongCode))
+        };
+        assert!(wrong(&out[0]) && wrong(&out[2]) && wrong(&out[3]));
+        assert!(matches!(&out[1], Err(crate::Error::Store(m)) if m == "injected failure"));
+        let log = f.log.lock().unwrap().clone();
+        assert_eq!(
+            log.iter().filter(|c| **c == "rollback_savepoint").count(),
+            1
+        );
+        assert_eq!(log.iter().filter(|c| **c == "commit").count(), 1);
+        *f.fail_on.lock().unwrap() = None;
+
+        let failures =
+            |f: &mut Fixture, name: &str| f.store.find_user(name).unwrap().failed_attempts;
+        assert_eq!(failures(&mut f, "ann"), 3, "one before, two in the batch");
+        assert_eq!(failures(&mut f, "bob"), 0);
+        assert_eq!(failures(&mut f, "cy"), 1);
+        let audited = f
+            .store
+            .audit(&AuditFilter {
+                actor: Some("radius:test".into()),
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        let count = |action: &str| audited.iter().filter(|e| e.action == action).count();
+        assert_eq!(count("auth"), 4, "one before, three in the batch");
+        assert_eq!(count("user.lockout"), 1, "ann reached the threshold once");
     }
 
     #[test]

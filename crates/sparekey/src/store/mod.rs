@@ -548,9 +548,9 @@ impl Store {
         self.batch(ctx, |b| b.verify(login, passcode))
     }
 
-    /// Decides many attempts in one write transaction and one commit (group commit): each
-    /// runs in its own savepoint, so a failure undoes that attempt alone and the others
-    /// stand. The outer `Err` means the transaction itself failed and nothing was kept;
+    /// Decides many attempts in one write transaction and one commit (group commit). A
+    /// failure undoes that attempt alone and the others stand (the batch is then run
+    /// again with each attempt in its own savepoint). The outer `Err` means the transaction itself failed and nothing was kept;
     /// an inner `Err` means that attempt failed. Either way the caller must deny it.
     pub fn verify_many(&mut self, attempts: &[Attempt<'_>]) -> Result<Vec<Result<Verdict>>> {
         let env = Env {
@@ -558,11 +558,31 @@ impl Store {
             policy: &self.policy,
             now: self.clock.now(),
         };
-        let mut tx = self.backend.begin()?;
         let keys: Vec<LoginKey> = attempts
             .iter()
             .filter_map(|a| LoginKey::from_login(a.login, env.normalization()))
             .collect();
+        // Nearly every batch fails nowhere: run it without a savepoint per attempt (two
+        // statements each, and a copy of every page an attempt first changes). If an
+        // attempt fails, undo the whole transaction and run the batch again, each attempt
+        // in its own savepoint. Verification depends only on the store and `env`, so the
+        // second run decides as the first did, up to the failure.
+        {
+            let mut tx = self.backend.begin()?;
+            tx.lock_users(&keys)?;
+            let mut out = Vec::with_capacity(attempts.len());
+            for a in attempts {
+                match verify::verify_in(&mut *tx, &env, a.login, a.passcode, a.ctx) {
+                    Ok(v) => out.push(Ok(v)),
+                    Err(_) => break,
+                }
+            }
+            if out.len() == attempts.len() {
+                tx.commit()?;
+                return Ok(out);
+            }
+        }
+        let mut tx = self.backend.begin()?;
         tx.lock_users(&keys)?;
         let mut out = Vec::with_capacity(attempts.len());
         for a in attempts {

@@ -763,11 +763,13 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user_id_by_login_or_next(&mut self, key: &LoginKey) -> Result<Option<(UserId, bool)>> {
-        // Both arms walk the primary key; the second runs only past the last key.
+        // Both arms walk the primary key in order (without ORDER BY, the planner may
+        // take the covering index on user_id instead); the second runs only past the
+        // last key.
         let mut st = self.tx.prepare_cached(
-            "SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 LIMIT 1)
+            "SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 ORDER BY key LIMIT 1)
              UNION ALL
-             SELECT key, user_id FROM (SELECT key, user_id FROM logins LIMIT 1)
+             SELECT key, user_id FROM (SELECT key, user_id FROM logins ORDER BY key LIMIT 1)
              LIMIT 1",
         )?;
         let found = st
