@@ -550,8 +550,9 @@ impl Store {
 
     /// Decides many attempts in one write transaction and one commit (group commit). A
     /// failure undoes that attempt alone and the others stand (the batch is then run
-    /// again with each attempt in its own savepoint). The outer `Err` means the transaction itself failed and nothing was kept;
-    /// an inner `Err` means that attempt failed. Either way the caller must deny it.
+    /// again with each attempt in its own savepoint). The outer `Err` means the
+    /// transaction itself failed and nothing was kept; an inner `Err` means that attempt
+    /// failed. Either way the caller must deny it.
     pub fn verify_many(&mut self, attempts: &[Attempt<'_>]) -> Result<Vec<Result<Verdict>>> {
         let env = Env {
             key: &self.key,
