@@ -230,6 +230,25 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// `PRAGMA wal_checkpoint(MODE)` with the busy timeout at zero for its duration: if
+    /// another connection holds what the checkpoint needs, it fails at once rather than
+    /// keep anyone waiting.
+    fn checkpoint_without_waiting(&mut self, mode: &str) -> Result<()> {
+        let wait: i64 = self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let done = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+        self.conn
+            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
+        done?;
+        Ok(())
+    }
+}
+
+impl SqliteBackend {
     /// Creates a new database file (mode 0600) with the current schema; refuses to
     /// overwrite an existing file.
     pub fn create(config: &StoreConfig) -> Result<Self> {
@@ -457,31 +476,11 @@ impl Backend for SqliteBackend {
         if !long {
             return Ok(());
         }
-        let wait: i64 = self
-            .conn
-            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
-        self.conn.busy_timeout(std::time::Duration::ZERO)?;
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        self.conn
-            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
-        done?;
-        Ok(())
+        self.checkpoint_without_waiting("TRUNCATE")
     }
 
     fn restart_log(&mut self) -> Result<()> {
-        let wait: i64 = self
-            .conn
-            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
-        self.conn.busy_timeout(std::time::Duration::ZERO)?;
-        let done = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
-        self.conn
-            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
-        done?;
-        Ok(())
+        self.checkpoint_without_waiting("RESTART")
     }
 
     fn maintain(&mut self) -> Result<()> {
