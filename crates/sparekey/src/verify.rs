@@ -134,7 +134,8 @@ pub(crate) fn verify_in(
     // For a login that names no one, the rows read are another user's (or none): read
     // for their cost only, and never matched against (the digest is the stand-in's).
     let (read_id, exact) = seek.unwrap_or_else(|| (no_user.clone(), false));
-    let found = tx.user(&read_id)?.filter(|_| exact);
+    let (found, devices) = tx.user_and_device_count(&read_id)?;
+    let found = found.filter(|_| exact);
     let subject = found.as_ref().map_or(&no_user, |u| &u.id).clone();
     let parsed = Passcode::parse(passcode).ok();
     // One digest on every path: over the parsed code, or over the raw input for malformed
@@ -143,7 +144,7 @@ pub(crate) fn verify_in(
         .as_ref()
         .map_or(passcode.as_bytes(), |p| p.expose().as_bytes());
     let digest = env.key.digest(&subject, digest_input);
-    let enrolled = tx.device_count(&read_id)? > 0;
+    let enrolled = devices > 0;
     let codes = tx.codes(&read_id)?;
     let matched = compare(&codes, &digest).filter(|_| parsed.is_some() && found.is_some());
 
@@ -524,6 +525,7 @@ mod tests {
             fn devices(&mut self, user: &UserId) -> Result<Vec<Device>>;
             fn all_devices(&mut self) -> Result<Vec<Device>>;
             fn device_count(&mut self, user: &UserId) -> Result<u64>;
+            fn user_and_device_count(&mut self, id: &UserId) -> Result<(Option<User>, u64)>;
             fn insert_device(&mut self, device: &Device) -> Result<()>;
             fn delete_device(&mut self, user: &UserId, id: &DeviceId) -> Result<bool>;
             fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>>;
@@ -650,8 +652,7 @@ mod tests {
         let mut f = Fixture::new();
         let wrong_code = [
             "user_id_by_login_or_next",
-            "user",
-            "device_count",
+            "user_and_device_count",
             "codes",
             "update_user_state",
             "append_audit",

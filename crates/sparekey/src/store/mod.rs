@@ -123,6 +123,13 @@ pub trait Tx {
     /// through this before it reads or changes anything of theirs, so two transactions on
     /// one user never interleave.
     fn user(&mut self, id: &UserId) -> Result<Option<User>>;
+    /// [`Tx::user`] and [`Tx::device_count`] together, as a verification needs them: a
+    /// backend may answer both in one statement. The count is the devices held under
+    /// `id`, whether or not a user has it.
+    fn user_and_device_count(&mut self, id: &UserId) -> Result<(Option<User>, u64)> {
+        let user = self.user(id)?;
+        Ok((user, self.device_count(id)?))
+    }
     /// Locks, in one fixed order, the users these login keys belong to (unknown keys are
     /// skipped), so that a batch that then reads them one by one cannot deadlock with
     /// another. A no-op where writers are serialised anyway (SQLite).
