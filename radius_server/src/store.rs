@@ -23,9 +23,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sparekey::config::Location;
-use sparekey::{Attempt, Config, DigestKey, Error, Store, Verdict};
+use sparekey::{Attempt, Config, DigestKey, Error, LogSync, Store, Verdict};
 
-use crate::writer::Verify;
+use crate::writer::{Durable, Verify};
 
 /// The first 16 bytes of every SQLite database file.
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
@@ -61,6 +61,8 @@ pub struct StoreHandle {
 struct Opened {
     store: Store,
     watch: Option<Watch>,
+    /// The log sync the writer's answers wait for, where the store defers it.
+    sync: Option<Arc<LogSync>>,
 }
 
 impl Opened {
@@ -80,7 +82,11 @@ impl Opened {
             Location::Postgres(_) => None,
         };
         let store = Store::open(config).map_err(|e| explain(config, e))?;
-        Ok(Opened { store, watch })
+        Ok(Opened {
+            store,
+            watch,
+            sync: None,
+        })
     }
 }
 
@@ -111,6 +117,13 @@ impl StoreHandle {
         o.store
             .defer_checkpoints()
             .map_err(|e| explain(&self.config, e))?;
+        // Nor for the disk: the writer's sync thread waits for it, while the writer goes
+        // on to the next batch.
+        o.sync = o
+            .store
+            .defer_log_sync()
+            .map_err(|e| explain(&self.config, e))?
+            .map(Arc::new);
         self.opened += 1;
         self.health.generation.store(self.opened, Ordering::SeqCst);
         if self.opened > 1 {
@@ -131,7 +144,21 @@ impl StoreHandle {
             .open
             .as_ref()
             .map(|o| o.watch.as_ref().map_or(Ok(()), Watch::check));
+        let sync_failed = self
+            .open
+            .as_ref()
+            .and_then(|o| o.sync.as_ref())
+            .is_some_and(|s| s.failed());
         match check {
+            // What was committed since the failed sync may not be on disk, whatever the
+            // kernel says of later syncs: start again from what the file holds.
+            Some(Ok(())) if sync_failed => {
+                log::warn!(
+                    "store {}: its log could not be synced to disk; opening it again",
+                    self.config.location()
+                );
+                self.close();
+            }
             Some(Ok(())) => {}
             Some(Err(Changed::Replaced)) => {
                 // A restored backup is a legitimate store: open the new file.
@@ -161,7 +188,7 @@ impl Verify for StoreHandle {
     ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
         let health = self.health.clone();
         let opened = self.ready()?;
-        let failed = match opened.store.verify_many(attempts) {
+        let mut failed = match opened.store.verify_many(attempts) {
             Ok(results) if results.iter().all(Result::is_ok) => {
                 // Right after the checkpointer's pass, little of the log is left to fold
                 // in: finish it here, so that the next commit writes the log from its
@@ -184,9 +211,22 @@ impl Verify for StoreHandle {
             Err(e) => is_locked_error(e),
         };
         if !only_locked {
+            // The attempts that went through were committed on this opening, whose sync
+            // nobody waits for once it is closed: their answers wait for it here.
+            let synced = self.pending_sync().map_or(Ok(()), |log| log.sync());
             self.close();
+            if let (Ok(results), Err(why)) = (&mut failed, synced) {
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(Error::Store(why.clone()));
+                }
+            }
         }
         failed
+    }
+
+    fn pending_sync(&self) -> Option<Arc<dyn Durable>> {
+        let sync = self.open.as_ref()?.sync.clone()?;
+        Some(sync)
     }
 }
 
@@ -514,6 +554,24 @@ mod tests {
             grown,
             "the log was written from its start"
         );
+    }
+
+    /// With `synchronous = "full"` (the default) each batch's answers wait for a sync of
+    /// the log on the writer's sync thread; with `"normal"` nothing was asked to wait.
+    #[test]
+    fn answers_wait_for_a_sync_of_the_log_only_where_each_commit_was_to_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        Store::create(&c).unwrap();
+        let writer = StoreHandle::open(&c).unwrap();
+        let sync = writer.pending_sync().expect("a sync to wait for");
+        sync.sync().unwrap();
+        let opened = writer.open.as_ref().unwrap().sync.as_ref().unwrap();
+        assert_eq!(opened.path(), dir.path().join("sparekey.db-wal"));
+        drop(writer);
+        c.store.synchronous = sparekey::config::Synchronous::Normal;
+        let writer = StoreHandle::open(&c).unwrap();
+        assert!(writer.pending_sync().is_none());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub use model::{
 };
 pub use passcode::Passcode;
 pub use store::{
-    Attempt, CodeRequest, Issued, IssuedCode, NewUser, PurgeReport, Store, UserFilter, UserUpdate,
+    Attempt, CodeRequest, Issued, IssuedCode, LogSync, NewUser, PurgeReport, Store, UserFilter,
+    UserUpdate,
 };
 pub use verify::{Account, Decision, Reason, Verdict};

@@ -6,11 +6,13 @@
 
 mod admin_keys;
 mod copy;
+mod log_sync;
 pub(crate) mod postgres;
 mod sqlite;
 
 pub use admin_keys::{AdminKey, NewAdminKey, Role, SecretKey};
 pub use copy::CopyReport;
+pub use log_sync::LogSync;
 pub use postgres::PostgresBackend;
 pub use sqlite::SqliteBackend;
 
@@ -81,6 +83,12 @@ pub trait Backend: Send + std::fmt::Debug {
     /// anyone.
     fn restart_log(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// For a writer that syncs on another thread: commits stop waiting for the disk, and
+    /// the returned [`LogSync`] makes them durable. `None`: commits are durable when they
+    /// return, or were not asked to be.
+    fn defer_log_sync(&mut self) -> Result<Option<LogSync>> {
+        Ok(None)
     }
 }
 
@@ -735,6 +743,20 @@ impl Store {
     /// then never stops to copy its log into the database in the middle of a batch.
     pub fn defer_checkpoints(&mut self) -> Result<()> {
         self.backend.defer_checkpoints()
+    }
+
+    /// For a server's writer that answers only after a sync run on another thread, so
+    /// that it verifies the next batch while the disk works on the last: commits stop
+    /// waiting for the disk (SQLite's `synchronous = NORMAL` on this connection, which
+    /// keeps the store whole through a crash but may lose the last commits), and the
+    /// returned [`LogSync`] makes them durable: a commit is on disk once a
+    /// [`LogSync::sync`] begun after it returned has returned `Ok`. An answer must not
+    /// leave before then.
+    ///
+    /// `None` where there is nothing to defer: a PostgreSQL commit is durable when it
+    /// returns, and a store set to `synchronous = "normal"` was not asked to be.
+    pub fn defer_log_sync(&mut self) -> Result<Option<LogSync>> {
+        self.backend.defer_log_sync()
     }
 
     /// Folds what it can of the log into the database, waiting for nobody, and says how

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{AdminKey, Backend, Tx, UserFilter};
+use super::{AdminKey, Backend, LogSync, Tx, UserFilter};
 use crate::audit::{AuditEvent, AuditFilter, Source};
 use crate::config::{StoreConfig, Synchronous};
 use crate::error::{Error, Result};
@@ -230,25 +230,6 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
-    /// `PRAGMA wal_checkpoint(MODE)` with the busy timeout at zero for its duration: if
-    /// another connection holds what the checkpoint needs, it fails at once rather than
-    /// keep anyone waiting.
-    fn checkpoint_without_waiting(&mut self, mode: &str) -> Result<()> {
-        let wait: i64 = self
-            .conn
-            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
-        self.conn.busy_timeout(std::time::Duration::ZERO)?;
-        let done = self
-            .conn
-            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
-        self.conn
-            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
-        done?;
-        Ok(())
-    }
-}
-
-impl SqliteBackend {
     /// Creates a new database file (mode 0600) with the current schema; refuses to
     /// overwrite an existing file.
     pub fn create(config: &StoreConfig) -> Result<Self> {
@@ -338,6 +319,30 @@ impl SqliteBackend {
         };
         b.migrate()?;
         Ok(b)
+    }
+
+    /// `PRAGMA wal_checkpoint(MODE)` with the busy timeout at zero for its duration: if
+    /// another connection holds what the checkpoint needs, it fails at once rather than
+    /// keep anyone waiting.
+    fn checkpoint_without_waiting(&mut self, mode: &str) -> Result<()> {
+        let wait: i64 = self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+        self.conn.busy_timeout(std::time::Duration::ZERO)?;
+        let done = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+        self.conn
+            .busy_timeout(std::time::Duration::from_millis(wait.max(0) as u64))?;
+        done?;
+        Ok(())
+    }
+
+    /// The log's path: the database's with `-wal` after it.
+    fn log_path(&self) -> PathBuf {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        PathBuf::from(wal)
     }
 
     /// A private in-memory database with the current schema.
@@ -470,9 +475,7 @@ impl Backend for SqliteBackend {
         // the database again without ever restarting the log. So a log past the limit is
         // checkpointed and truncated here, once; without waiting for anyone: if another
         // connection is busy, the log stays and the next process tries again.
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        let long = std::fs::metadata(&wal).is_ok_and(|m| m.len() > SHORT_LOG_BYTES);
+        let long = std::fs::metadata(self.log_path()).is_ok_and(|m| m.len() > SHORT_LOG_BYTES);
         if !long {
             return Ok(());
         }
@@ -481,6 +484,26 @@ impl Backend for SqliteBackend {
 
     fn restart_log(&mut self) -> Result<()> {
         self.checkpoint_without_waiting("RESTART")
+    }
+
+    fn defer_log_sync(&mut self) -> Result<Option<LogSync>> {
+        let level: i64 = self
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        // 2 is FULL (and 3 EXTRA): a sync per commit. Below that, none was asked for; and
+        // a database in memory has no log file.
+        if level < 2 || self.conn.path().is_none_or(str::is_empty) {
+            return Ok(None);
+        }
+        // The connection has had the log open since it switched to WAL; the descriptor is
+        // taken before commits stop waiting, so that nothing is committed unsynced.
+        let path = self.log_path();
+        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        Ok(Some(LogSync::new(file, path)))
     }
 
     fn maintain(&mut self) -> Result<()> {
@@ -1316,6 +1339,43 @@ mod tests {
         assert_eq!(seek(&mut tx, "c"), Some(("d".into(), false)));
         assert_eq!(seek(&mut tx, "d"), Some(("d".into(), true)));
         assert_eq!(seek(&mut tx, "e"), Some(("b".into(), false)));
+    }
+
+    #[test]
+    fn a_deferred_log_sync_is_the_log_and_commits_stop_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |synchronous| StoreConfig {
+            path: dir.path().join("sparekey.db"),
+            key_file: dir.path().join("sparekey.key"),
+            busy_timeout_ms: 5000,
+            synchronous,
+        };
+        let level = |b: &SqliteBackend| -> i64 {
+            b.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        let mut full = SqliteBackend::create(&config(Synchronous::Full)).unwrap();
+        assert_eq!(level(&full), 2);
+        let sync = full.defer_log_sync().unwrap().expect("a sync to defer");
+        assert_eq!(level(&full), 1);
+        assert_eq!(sync.path(), dir.path().join("sparekey.db-wal"));
+        full.set_key_check("check").unwrap();
+        sync.sync().unwrap();
+        assert!(!sync.failed());
+        drop(full);
+
+        // Nothing to defer where no sync per commit was asked for, or there is no file.
+        let mut normal = SqliteBackend::open(&config(Synchronous::Normal)).unwrap();
+        assert!(normal.defer_log_sync().unwrap().is_none());
+        assert_eq!(level(&normal), 1);
+        assert!(
+            SqliteBackend::in_memory()
+                .unwrap()
+                .defer_log_sync()
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// A store written at schema step 3 (the last before the WITHOUT ROWID tables)
