@@ -186,9 +186,20 @@ impl Verify for StoreHandle {
         &mut self,
         attempts: &[Attempt<'_>],
     ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+        self.verify_many_before_commit(attempts, &mut || {})
+    }
+
+    fn verify_many_before_commit(
+        &mut self,
+        attempts: &[Attempt<'_>],
+        before_commit: &mut dyn FnMut(),
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
         let health = self.health.clone();
         let opened = self.ready()?;
-        let mut failed = match opened.store.verify_many(attempts) {
+        let mut failed = match opened
+            .store
+            .verify_many_before_commit(attempts, before_commit)
+        {
             Ok(results) if results.iter().all(Result::is_ok) => {
                 // Right after the checkpointer's pass, little of the log is left to fold
                 // in: finish it here, so that the next commit writes the log from its

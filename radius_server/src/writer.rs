@@ -3,19 +3,17 @@
 //! and answers each. Durable consumption then costs one fsync per batch, not per request.
 //!
 //! Where the store leaves that fsync to its caller ([`Store::defer_log_sync`]), a second
-//! thread runs it: the writer hands each committed batch over and goes on to the next,
-//! and the batch's answers leave only once a sync begun after its commit has returned.
-//! One sync then covers every batch committed while the last one ran.
+//! thread runs it: the writer hands each committed batch over and goes on to verify the
+//! next while the disk works, and a batch's answers leave only once a sync begun after
+//! its commit has returned. The writer commits the next batch only once that sync is
+//! done, so there is still one commit per sync, and the log is written no more often.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use zeroize::Zeroizing;
 
 use sparekey::{Attempt, Context, LogSync, Store, Verdict};
-
-/// Committed batches waiting for their sync, at most; past it the writer waits too.
-const AWAITING_SYNC: usize = 64;
 
 /// What decides a batch of attempts: the store, or (for a benchmark's ceiling) anything
 /// else that answers the same way.
@@ -25,6 +23,17 @@ pub trait Verify: Send {
         &mut self,
         attempts: &[Attempt<'_>],
     ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>>;
+
+    /// [`Verify::verify_many`] with `before_commit` run just before the batch commits
+    /// ([`Store::verify_many_before_commit`]); where nothing commits, first.
+    fn verify_many_before_commit(
+        &mut self,
+        attempts: &[Attempt<'_>],
+        before_commit: &mut dyn FnMut(),
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+        before_commit();
+        self.verify_many(attempts)
+    }
 
     /// What the answers of the batch just verified must wait for: a sync of the store's
     /// log, where the store defers it; `None` when its commit was durable on return.
@@ -51,6 +60,14 @@ impl Verify for Store {
         attempts: &[Attempt<'_>],
     ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
         Store::verify_many(self, attempts)
+    }
+
+    fn verify_many_before_commit(
+        &mut self,
+        attempts: &[Attempt<'_>],
+        before_commit: &mut dyn FnMut(),
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+        Store::verify_many_before_commit(self, attempts, before_commit)
     }
 }
 
@@ -118,8 +135,54 @@ pub fn spawn<T: Send + 'static>(
 
 /// A committed batch on its way out, and what it waits for.
 struct Committed<T> {
+    /// Its place in commit order, from 0.
+    number: u64,
     answers: Done<T>,
     sync: Option<Arc<dyn Durable>>,
+}
+
+/// How far the sync thread has come: how many batches are synced, and whether it has
+/// stopped.
+#[derive(Default)]
+struct Synced {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Synced {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
+        // Two plain numbers: no invariant a panicking holder could break halfway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `count` batches are synced (or the sync thread has stopped).
+    fn wait_for(&self, count: u64) {
+        let mut s = self.lock();
+        while s.0 < count && !s.1 {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn reached(&self, count: u64) {
+        let mut s = self.lock();
+        s.0 = s.0.max(count);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    fn stopped(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the sync thread stopped however it ends, so that the writer never waits on it.
+struct Stopping<'a>(&'a Synced);
+
+impl Drop for Stopping<'_> {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
 }
 
 fn run<T: Send + 'static>(
@@ -128,20 +191,27 @@ fn run<T: Send + 'static>(
     max_batch: usize,
     done: impl FnMut(Done<T>) + Send + 'static,
 ) {
-    let (to_syncer, committed) = sync_channel(AWAITING_SYNC);
-    let syncer = std::thread::Builder::new()
-        .name("store-sync".into())
-        .spawn(move || answer_when_durable(committed, done));
+    let synced = Arc::new(Synced::default());
+    // One batch waits here while the one before it is synced; the writer, verifying the
+    // next, waits for that sync before it commits.
+    let (to_syncer, committed) = sync_channel(1);
+    let syncer = {
+        let synced = synced.clone();
+        std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn(move || answer_when_durable(committed, &synced, done))
+    };
     let syncer = match syncer {
         Ok(handle) => handle,
         Err(e) => {
             // Without it no answer could leave: stop taking jobs, and let the queue's
-            // senders see the writer gone (each request is then refused as overload).
+            // senders see the writer gone (each request is then refused).
             log::error!("cannot start the store's sync thread: {e}");
             return;
         }
     };
     let mut jobs: Vec<Job<T>> = Vec::with_capacity(max_batch);
+    let mut number = 0u64;
     // Block for the first job, then take whatever else is already waiting.
     while let Ok(first) = rx.recv() {
         jobs.push(first);
@@ -159,7 +229,17 @@ fn run<T: Send + 'static>(
                 ctx: &j.ctx,
             })
             .collect();
-        let answers: Vec<Result<Verdict, String>> = match store.verify_many(&attempts) {
+        // A batch of a quarter of the most or more: the writer is behind, and goes on to
+        // the next batch while this one is synced. A smaller one is committed after the
+        // last sync and synced here: under light load, one commit per sync and no
+        // hand-over on the way.
+        let behind = attempts.len() >= (max_batch / 4).max(1);
+        let verified = store.verify_many_before_commit(&attempts, &mut || {
+            if !behind {
+                synced.wait_for(number);
+            }
+        });
+        let answers: Vec<Result<Verdict, String>> = match verified {
             Ok(results) => results
                 .into_iter()
                 .map(|r| r.map_err(|e| e.to_string()))
@@ -169,10 +249,24 @@ fn run<T: Send + 'static>(
                 jobs.iter().map(|_| Err(why.clone())).collect()
             }
         };
-        let batch = Committed {
-            answers: jobs.drain(..).map(|j| j.token).zip(answers).collect(),
-            sync: store.pending_sync(),
+        let answers: Done<T> = jobs.drain(..).map(|j| j.token).zip(answers).collect();
+        let sync = store.pending_sync();
+        let batch = if behind {
+            Committed {
+                number,
+                answers,
+                sync,
+            }
+        } else {
+            let answers = durable(answers, sync.as_deref());
+            synced.reached(number + 1);
+            Committed {
+                number,
+                answers,
+                sync: None,
+            }
         };
+        number += 1;
         if to_syncer.send(batch).is_err() {
             break;
         }
@@ -181,37 +275,31 @@ fn run<T: Send + 'static>(
     let _ = syncer.join();
 }
 
-/// The sync thread: takes every committed batch waiting, syncs each log they were
-/// committed to once, and hands the answers on in commit order. If a sync fails, every
-/// answer that waited on it becomes a store error (a deny): the codes it consumed stay
-/// consumed, but nothing is let in on a commit that may not be on disk.
-fn answer_when_durable<T>(committed: Receiver<Committed<T>>, mut done: impl FnMut(Done<T>)) {
-    while let Ok(first) = committed.recv() {
-        let mut group = vec![first];
-        group.extend(committed.try_iter());
-        let mut synced: Vec<(Arc<dyn Durable>, Result<(), String>)> = Vec::new();
-        for batch in group {
-            let outcome = match &batch.sync {
-                None => Ok(()),
-                Some(log) => match synced.iter().find(|(s, _)| Arc::ptr_eq(s, log)) {
-                    Some((_, outcome)) => outcome.clone(),
-                    None => {
-                        let outcome = log.sync();
-                        synced.push((log.clone(), outcome.clone()));
-                        outcome
-                    }
-                },
-            };
-            let answers = match outcome {
-                Ok(()) => batch.answers,
-                Err(why) => batch
-                    .answers
-                    .into_iter()
-                    .map(|(token, answer)| (token, answer.and(Err(why.clone()))))
-                    .collect(),
-            };
-            done(answers);
-        }
+/// The sync thread: syncs each committed batch's log and hands its answers on. If the
+/// sync fails, every answer of the batch becomes a store error (a deny): the codes it
+/// consumed stay consumed, but nothing is let in on a commit that may not be on disk.
+fn answer_when_durable<T>(
+    committed: Receiver<Committed<T>>,
+    synced: &Synced,
+    mut done: impl FnMut(Done<T>),
+) {
+    let _stopping = Stopping(synced);
+    while let Ok(batch) = committed.recv() {
+        let answers = durable(batch.answers, batch.sync.as_deref());
+        synced.reached(batch.number + 1);
+        done(answers);
+    }
+}
+
+/// A committed batch's answers once `sync` (if any) has returned: each a store error if
+/// it failed.
+fn durable<T>(answers: Done<T>, sync: Option<&dyn Durable>) -> Done<T> {
+    match sync.map_or(Ok(()), Durable::sync) {
+        Ok(()) => answers,
+        Err(why) => answers
+            .into_iter()
+            .map(|(token, answer)| (token, answer.and(Err(why.clone()))))
+            .collect(),
     }
 }
 
@@ -228,23 +316,28 @@ mod tests {
     /// A bound on every wait, so that a missing answer fails the test instead of hanging.
     const BOUND: Duration = Duration::from_secs(20);
 
-    /// A log whose sync says when it starts, then waits to be let go (or fails).
+    /// A log whose sync says where it runs (the thread's name) and that it started, then
+    /// waits to be let go (or fails).
     #[derive(Debug)]
     struct Log {
-        started: Mutex<Sender<()>>,
+        started: Mutex<Sender<String>>,
         release: Mutex<Receiver<Result<(), String>>>,
     }
 
     impl Durable for Log {
         fn sync(&self) -> Result<(), String> {
-            self.started.lock().unwrap().send(()).unwrap();
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            self.started.lock().unwrap().send(thread).unwrap();
             self.release.lock().unwrap().recv_timeout(BOUND).unwrap()
         }
     }
 
-    /// Refuses every attempt, and has each batch wait for `log` if there is one.
+    /// Refuses every attempt, and has each batch wait for `log`; records when it
+    /// verifies and when it commits.
     struct Refuser {
         log: Option<Arc<Log>>,
+        events: Arc<Mutex<Vec<String>>>,
+        batches: u32,
     }
 
     impl Verify for Refuser {
@@ -252,6 +345,18 @@ mod tests {
             &mut self,
             attempts: &[Attempt<'_>],
         ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+            self.verify_many_before_commit(attempts, &mut || {})
+        }
+
+        fn verify_many_before_commit(
+            &mut self,
+            attempts: &[Attempt<'_>],
+            before_commit: &mut dyn FnMut(),
+        ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+            self.batches += 1;
+            let n = self.batches;
+            before_commit();
+            self.events.lock().unwrap().push(format!("committed {n}"));
             let refused = || Verdict {
                 decision: Decision::Reject(Reason::WrongCode),
                 user_id: None,
@@ -272,30 +377,61 @@ mod tests {
     struct Harness {
         queue: Queue<u32>,
         answers: Receiver<Done<u32>>,
-        started: Receiver<()>,
+        started: Receiver<String>,
         release: Sender<Result<(), String>>,
+        events: Arc<Mutex<Vec<String>>>,
         writer: JoinHandle<()>,
     }
 
-    fn start() -> Harness {
-        let (started_tx, started) = channel();
-        let (release, release_rx) = channel();
-        let log = Arc::new(Log {
-            started: Mutex::new(started_tx),
-            release: Mutex::new(release_rx),
-        });
-        let (answers_tx, answers) = channel();
-        let store = Box::new(Refuser { log: Some(log) });
-        let (queue, writer) = spawn(store, 16, 16, move |done| {
-            answers_tx.send(done).unwrap();
-        })
-        .unwrap();
-        Harness {
-            queue,
-            answers,
-            started,
-            release,
-            writer,
+    impl Harness {
+        /// A writer whose batches are at most `max_batch` (a batch of one is small at 16,
+        /// and the writer behind at 1).
+        fn start(max_batch: usize, durable_on_commit: bool) -> Harness {
+            let (started_tx, started) = channel();
+            let (release, release_rx) = channel();
+            let log = Arc::new(Log {
+                started: Mutex::new(started_tx),
+                release: Mutex::new(release_rx),
+            });
+            let events = Arc::new(Mutex::new(Vec::new()));
+            let store = Box::new(Refuser {
+                log: (!durable_on_commit).then_some(log),
+                events: events.clone(),
+                batches: 0,
+            });
+            let (answers_tx, answers) = channel();
+            let (queue, writer) = spawn(store, 16, max_batch, move |done| {
+                answers_tx.send(done).unwrap();
+            })
+            .unwrap();
+            Harness {
+                queue,
+                answers,
+                started,
+                release,
+                events,
+                writer,
+            }
+        }
+
+        /// Queues job `token`, and says on which thread its batch's sync began.
+        fn offer(&self, token: u32) -> String {
+            self.queue.offer(job(token)).unwrap();
+            self.started
+                .recv_timeout(BOUND)
+                .expect("the batch's sync began")
+        }
+
+        /// The next batch's answers: its one token and answer.
+        fn answer(&self) -> (u32, Result<Verdict, String>) {
+            let mut done = self.answers.recv_timeout(BOUND).unwrap();
+            assert_eq!(done.len(), 1);
+            done.remove(0)
+        }
+
+        fn stop(self) {
+            drop(self.queue);
+            self.writer.join().unwrap();
         }
     }
 
@@ -310,53 +446,74 @@ mod tests {
 
     #[test]
     fn answers_leave_only_once_the_sync_after_their_commit_returns() {
-        let h = start();
-        h.queue.offer(job(1)).unwrap();
-        h.started
-            .recv_timeout(BOUND)
-            .expect("the batch's sync began");
-        // Committed, and its sync under way: the answer is held until the sync returns.
-        assert!(h.answers.try_recv().is_err());
-        h.release.send(Ok(())).unwrap();
-        let done = h.answers.recv_timeout(BOUND).unwrap();
-        assert_eq!(done.len(), 1);
-        assert_eq!(done[0].0, 1);
-        assert!(done[0].1.is_ok());
-        drop(h.queue);
-        h.writer.join().unwrap();
+        // A small batch is synced by the writer; a writer behind leaves it to the sync
+        // thread. Either way the answer waits.
+        for (max_batch, syncer) in [(16, "store-writer"), (1, "store-sync")] {
+            let h = Harness::start(max_batch, false);
+            assert_eq!(h.offer(1), syncer);
+            // Committed, and its sync under way: the answer is held until it returns.
+            assert_eq!(*h.events.lock().unwrap(), ["committed 1"]);
+            assert!(h.answers.try_recv().is_err());
+            h.release.send(Ok(())).unwrap();
+            let (token, answer) = h.answer();
+            assert_eq!(token, 1);
+            assert!(answer.is_ok());
+            h.stop();
+        }
     }
 
     #[test]
     fn a_failed_sync_denies_every_answer_that_waited_for_it() {
-        let h = start();
-        h.queue.offer(job(1)).unwrap();
-        h.started.recv_timeout(BOUND).unwrap();
-        h.release.send(Err("disk gone".into())).unwrap();
-        let done = h.answers.recv_timeout(BOUND).unwrap();
-        assert_eq!(done[0].1, Err("disk gone".to_owned()));
-        // The writer goes on: the next batch is verified, synced and answered.
+        for max_batch in [16, 1] {
+            let h = Harness::start(max_batch, false);
+            h.offer(1);
+            h.release.send(Err("disk gone".into())).unwrap();
+            assert_eq!(h.answer(), (1, Err("disk gone".to_owned())));
+            // The writer goes on: the next batch is verified, synced and answered.
+            h.offer(2);
+            h.release.send(Ok(())).unwrap();
+            let (token, answer) = h.answer();
+            assert_eq!(token, 2);
+            assert!(answer.is_ok());
+            h.stop();
+        }
+    }
+
+    /// Behind, the writer commits the next batch while the last one is synced.
+    #[test]
+    fn a_writer_behind_commits_the_next_batch_during_the_sync() {
+        let h = Harness::start(1, false);
+        assert_eq!(h.offer(1), "store-sync");
         h.queue.offer(job(2)).unwrap();
-        h.started.recv_timeout(BOUND).unwrap();
+        // The second batch commits while the first's sync is still held.
+        let deadline = std::time::Instant::now() + BOUND;
+        while h.events.lock().unwrap().len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second batch never committed"
+            );
+            std::thread::yield_now();
+        }
+        assert!(h.started.try_recv().is_err(), "a second sync began");
+        assert!(h.answers.try_recv().is_err());
         h.release.send(Ok(())).unwrap();
-        let done = h.answers.recv_timeout(BOUND).unwrap();
-        assert_eq!(done[0].0, 2);
-        assert!(done[0].1.is_ok());
-        drop(h.queue);
-        h.writer.join().unwrap();
+        assert_eq!(h.answer().0, 1);
+        assert_eq!(h.started.recv_timeout(BOUND).unwrap(), "store-sync");
+        h.release.send(Ok(())).unwrap();
+        assert_eq!(h.answer().0, 2);
+        h.stop();
     }
 
     #[test]
     fn a_store_whose_commits_are_durable_is_answered_without_a_sync() {
-        let (answers_tx, answers) = channel();
-        let (queue, writer) = spawn(Box::new(Refuser { log: None }), 16, 16, move |done| {
-            answers_tx.send(done).unwrap();
-        })
-        .unwrap();
-        queue.offer(job(7)).unwrap();
-        let done = answers.recv_timeout(BOUND).unwrap();
-        assert_eq!(done[0].0, 7);
-        assert!(done[0].1.is_ok());
-        drop(queue);
-        writer.join().unwrap();
+        for max_batch in [16, 1] {
+            let h = Harness::start(max_batch, true);
+            h.queue.offer(job(7)).unwrap();
+            let (token, answer) = h.answer();
+            assert_eq!(token, 7);
+            assert!(answer.is_ok());
+            assert!(h.started.try_recv().is_err());
+            h.stop();
+        }
     }
 }

@@ -749,6 +749,39 @@ mod tests {
     /// undone and the batch run again with one savepoint per attempt: the failed attempt
     /// alone is lost, and the others are counted and audited once, not twice.
     #[test]
+    fn a_batch_runs_its_hook_once_just_before_its_one_commit() {
+        let mut f = Fixture::new();
+        for name in ["ann", "bob"] {
+            f.user(name, Status::Active, true);
+        }
+        let ctx = Context::new("radius:test");
+        let attempts: Vec<Attempt<'_>> = ["ann", "bob"]
+            .into_iter()
+            .map(|login| Attempt {
+                login,
+                passcode: "000000000",
+                ctx: &ctx,
+            })
+            .collect();
+        // A clean batch, then one whose second attempt fails and is run again.
+        for fail_on in [None, Some("bob")] {
+            *f.fail_on.lock().unwrap() = fail_on.map(str::to_owned);
+            f.log.lock().unwrap().clear();
+            let log = f.log.clone();
+            f.store
+                .verify_many_before_commit(&attempts, &mut || {
+                    log.lock().unwrap().push("before_commit")
+                })
+                .unwrap();
+            let log = f.log.lock().unwrap().clone();
+            let at = |call: &str| log.iter().position(|c| *c == call);
+            assert_eq!(log.iter().filter(|c| **c == "before_commit").count(), 1);
+            assert_eq!(log.iter().filter(|c| **c == "commit").count(), 1);
+            assert_eq!(at("before_commit").map(|i| i + 1), at("commit"), "{log:?}");
+        }
+    }
+
+    #[test]
     fn a_failed_attempt_in_a_batch_is_undone_alone_and_the_others_count_once() {
         let mut f = Fixture::new();
         for name in ["ann", "bob", "cy"] {

@@ -569,6 +569,18 @@ impl Store {
     /// transaction itself failed and nothing was kept; an inner `Err` means that attempt
     /// failed. Either way the caller must deny it.
     pub fn verify_many(&mut self, attempts: &[Attempt<'_>]) -> Result<Vec<Result<Verdict>>> {
+        self.verify_many_before_commit(attempts, &mut || {})
+    }
+
+    /// [`Store::verify_many`], with `before_commit` run just before its one commit. A
+    /// writer that syncs on another thread ([`Store::defer_log_sync`]) waits there for the
+    /// last batch's sync: it verifies while the disk works, and still commits (and writes
+    /// the log) once per sync, not once per batch.
+    pub fn verify_many_before_commit(
+        &mut self,
+        attempts: &[Attempt<'_>],
+        before_commit: &mut dyn FnMut(),
+    ) -> Result<Vec<Result<Verdict>>> {
         let env = Env {
             key: &self.key,
             policy: &self.policy,
@@ -594,6 +606,7 @@ impl Store {
                 }
             }
             if out.len() == attempts.len() {
+                before_commit();
                 tx.commit()?;
                 return Ok(out);
             }
@@ -614,6 +627,7 @@ impl Store {
                 }
             }
         }
+        before_commit();
         tx.commit()?;
         Ok(out)
     }
