@@ -26,7 +26,10 @@ impl Verify for NullVerifier {
     fn verify_many(
         &mut self,
         attempts: &[Attempt<'_>],
+        before_commit: &mut dyn FnMut(),
     ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
+        // Nothing to commit: the hook runs first.
+        before_commit();
         Ok(attempts
             .iter()
             .map(|a| {

@@ -185,13 +185,6 @@ impl Verify for StoreHandle {
     fn verify_many(
         &mut self,
         attempts: &[Attempt<'_>],
-    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
-        self.verify_many_before_commit(attempts, &mut || {})
-    }
-
-    fn verify_many_before_commit(
-        &mut self,
-        attempts: &[Attempt<'_>],
         before_commit: &mut dyn FnMut(),
     ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
         let health = self.health.clone();
@@ -541,7 +534,7 @@ mod tests {
             ctx: &ctx,
         };
         let batch = |w: &mut StoreHandle| {
-            let answers = w.verify_many(&[attempt; 100]).unwrap();
+            let answers = w.verify_many(&[attempt; 100], &mut || {}).unwrap();
             assert!(answers.iter().all(Result::is_ok));
             std::fs::metadata(&wal).unwrap().len()
         };

@@ -18,22 +18,13 @@ use sparekey::{Attempt, Context, LogSync, Store, Verdict};
 /// What decides a batch of attempts: the store, or (for a benchmark's ceiling) anything
 /// else that answers the same way.
 pub trait Verify: Send {
-    /// Decides `attempts` together; see [`Store::verify_many`].
+    /// Decides `attempts` together, running `before_commit` just before the batch
+    /// commits (where nothing commits, first); see [`Store::verify_many_before_commit`].
     fn verify_many(
         &mut self,
         attempts: &[Attempt<'_>],
-    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>>;
-
-    /// [`Verify::verify_many`] with `before_commit` run just before the batch commits
-    /// ([`Store::verify_many_before_commit`]); where nothing commits, first.
-    fn verify_many_before_commit(
-        &mut self,
-        attempts: &[Attempt<'_>],
         before_commit: &mut dyn FnMut(),
-    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
-        before_commit();
-        self.verify_many(attempts)
-    }
+    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>>;
 
     /// What the answers of the batch just verified must wait for: a sync of the store's
     /// log, where the store defers it; `None` when its commit was durable on return.
@@ -56,13 +47,6 @@ impl Durable for LogSync {
 
 impl Verify for Store {
     fn verify_many(
-        &mut self,
-        attempts: &[Attempt<'_>],
-    ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
-        Store::verify_many(self, attempts)
-    }
-
-    fn verify_many_before_commit(
         &mut self,
         attempts: &[Attempt<'_>],
         before_commit: &mut dyn FnMut(),
@@ -234,7 +218,7 @@ fn run<T: Send + 'static>(
         // last sync and synced here: under light load, one commit per sync and no
         // hand-over on the way.
         let behind = attempts.len() >= (max_batch / 4).max(1);
-        let verified = store.verify_many_before_commit(&attempts, &mut || {
+        let verified = store.verify_many(&attempts, &mut || {
             if !behind {
                 synced.wait_for(number);
             }
@@ -342,13 +326,6 @@ mod tests {
 
     impl Verify for Refuser {
         fn verify_many(
-            &mut self,
-            attempts: &[Attempt<'_>],
-        ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
-            self.verify_many_before_commit(attempts, &mut || {})
-        }
-
-        fn verify_many_before_commit(
             &mut self,
             attempts: &[Attempt<'_>],
             before_commit: &mut dyn FnMut(),

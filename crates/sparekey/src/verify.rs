@@ -745,9 +745,18 @@ mod tests {
         assert!(f.store.list_codes(Some("ann")).unwrap().is_empty());
     }
 
-    /// A batch runs without savepoints; when one attempt fails, the whole transaction is
-    /// undone and the batch run again with one savepoint per attempt: the failed attempt
-    /// alone is lost, and the others are counted and audited once, not twice.
+    /// One attempt with a wrong code for each login.
+    fn wrong_codes<'a>(logins: &[&'a str], ctx: &'a Context) -> Vec<Attempt<'a>> {
+        logins
+            .iter()
+            .map(|login| Attempt {
+                login,
+                passcode: "000000000",
+                ctx,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_batch_runs_its_hook_once_just_before_its_one_commit() {
         let mut f = Fixture::new();
@@ -755,14 +764,7 @@ mod tests {
             f.user(name, Status::Active, true);
         }
         let ctx = Context::new("radius:test");
-        let attempts: Vec<Attempt<'_>> = ["ann", "bob"]
-            .into_iter()
-            .map(|login| Attempt {
-                login,
-                passcode: "000000000",
-                ctx: &ctx,
-            })
-            .collect();
+        let attempts = wrong_codes(&["ann", "bob"], &ctx);
         // A clean batch, then one whose second attempt fails and is run again.
         for fail_on in [None, Some("bob")] {
             *f.fail_on.lock().unwrap() = fail_on.map(str::to_owned);
@@ -781,6 +783,9 @@ mod tests {
         }
     }
 
+    /// A batch runs without savepoints; when one attempt fails, the whole transaction is
+    /// undone and the batch run again with one savepoint per attempt: the failed attempt
+    /// alone is lost, and the others are counted and audited once, not twice.
     #[test]
     fn a_failed_attempt_in_a_batch_is_undone_alone_and_the_others_count_once() {
         let mut f = Fixture::new();
@@ -788,14 +793,7 @@ mod tests {
             f.user(name, Status::Active, true);
         }
         let ctx = Context::new("radius:test");
-        let attempts: Vec<Attempt<'_>> = ["ann", "bob", "cy", "ann"]
-            .into_iter()
-            .map(|login| Attempt {
-                login,
-                passcode: "000000000",
-                ctx: &ctx,
-            })
-            .collect();
+        let attempts = wrong_codes(&["ann", "bob", "cy", "ann"], &ctx);
 
         f.log.lock().unwrap().clear();
         let out = f.store.verify_many(&attempts[..1]).unwrap();
