@@ -2,11 +2,13 @@
 //! runs as many as are waiting (up to a batch size) in one transaction with one commit,
 //! and answers each. Durable consumption then costs one fsync per batch, not per request.
 //!
-//! Where the store leaves that fsync to its caller ([`Store::defer_log_sync`]), a second
-//! thread runs it: the writer hands each committed batch over and goes on to verify the
-//! next while the disk works, and a batch's answers leave only once a sync begun after
-//! its commit has returned. The writer commits the next batch only once that sync is
-//! done, so there is still one commit per sync, and the log is written no more often.
+//! Where the store leaves that fsync to its caller ([`Store::defer_log_sync`]), a batch's
+//! answers leave only once a sync begun after its commit has returned. A writer behind
+//! (a batch of a quarter of the largest or more) hands the batch to a second thread for
+//! the sync and goes on to verify and commit the next while the disk works. Under light
+//! load the writer commits a batch only once the last sync is done, and syncs it itself:
+//! one commit per sync, as with a sync inside the commit, since every commit writes its
+//! pages to the log again and more commits mean more for the disk to do.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -176,8 +178,8 @@ fn run<T: Send + 'static>(
     done: impl FnMut(Done<T>) + Send + 'static,
 ) {
     let synced = Arc::new(Synced::default());
-    // One batch waits here while the one before it is synced; the writer, verifying the
-    // next, waits for that sync before it commits.
+    // At most one committed batch waits here while another is synced; past that the
+    // writer waits to hand over.
     let (to_syncer, committed) = sync_channel(1);
     let syncer = {
         let synced = synced.clone();
