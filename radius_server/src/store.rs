@@ -42,8 +42,9 @@ const RESTART_LOG_PAGES: u64 = 16_384;
 pub struct Health {
     /// The number of the writer's current opening of the store; 0 while it has none.
     generation: AtomicU64,
-    /// Set by the checkpointer after each pass; taken by the writer, which then restarts
-    /// the log ([`Store::restart_log`]).
+    /// Set by the checkpointer after a pass that found the log past
+    /// [`RESTART_LOG_PAGES`]; taken by the writer, which then restarts the log
+    /// ([`Store::restart_log`]).
     checkpointed: AtomicBool,
 }
 
@@ -389,8 +390,8 @@ pub fn spawn_checkpointer(config: Config, health: Arc<Health>) -> std::io::Resul
 
 /// Folds the log into the database on a connection of its own, following the writer's:
 /// none while the writer has none, a fresh one after the writer opens the store again.
-/// After each pass it tells the writer, which then restarts the log (see
-/// [`Health::checkpointed`]). Its failures are logged once each, not at every pass.
+/// After a pass that finds the log long it tells the writer, which then restarts the log
+/// (see [`Health::checkpointed`]). Its failures are logged once each, not at every pass.
 #[derive(Debug)]
 pub struct Checkpointer {
     config: Config,

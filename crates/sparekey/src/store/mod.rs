@@ -132,8 +132,8 @@ pub trait Tx {
     /// one user never interleave.
     fn user(&mut self, id: &UserId) -> Result<Option<User>>;
     /// [`Tx::user`] and [`Tx::device_count`] together, as a verification needs them: a
-    /// backend may answer both in one statement. The count is the devices held under
-    /// `id`, whether or not a user has it.
+    /// backend may answer both in one statement. Devices go with their user, so an id
+    /// no user has counts 0.
     fn user_and_device_count(&mut self, id: &UserId) -> Result<(Option<User>, u64)> {
         let user = self.user(id)?;
         Ok((user, self.device_count(id)?))
@@ -573,9 +573,9 @@ impl Store {
     }
 
     /// [`Store::verify_many`], with `before_commit` run just before its one commit. A
-    /// writer that syncs on another thread ([`Store::defer_log_sync`]) waits there for the
-    /// last batch's sync: it verifies while the disk works, and still commits (and writes
-    /// the log) once per sync, not once per batch.
+    /// writer that syncs on another thread ([`Store::defer_log_sync`]) may wait there for
+    /// the last batch's sync: it verifies while the disk works, and commits (and writes
+    /// the log) no more often than it syncs.
     pub fn verify_many_before_commit(
         &mut self,
         attempts: &[Attempt<'_>],
