@@ -117,6 +117,12 @@ impl Fixture {
     }
 }
 
+/// The config `sparekey init` writes for a store in `dir`.
+fn init_config(dir: &std::path::Path) -> Config {
+    let text = Config::init_text(dir);
+    Config::parse(&text, &dir.join("sparekey.toml")).unwrap()
+}
+
 fn custom(codes: &[&str]) -> Vec<Passcode> {
     codes.iter().map(|c| Passcode::parse(c).unwrap()).collect()
 }
@@ -1064,8 +1070,7 @@ fn a_failed_attempt_is_undone_alone(b: Kind) {
 #[test]
 fn purge_folds_the_log_into_the_database_file() {
     let dir = tempfile::tempdir().unwrap();
-    let text = crate::config::Config::init_text(dir.path());
-    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let config = init_config(dir.path());
     let wal = dir.path().join("sparekey.db-wal");
     let ctx = Context::new("test");
     {
@@ -1349,8 +1354,7 @@ on_both_backends!(
 #[test]
 fn a_server_can_leave_checkpoints_to_another_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let text = crate::config::Config::init_text(dir.path());
-    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let config = init_config(dir.path());
     let db = dir.path().join("sparekey.db");
     let ctx = Context::new("test");
     let mut writer = Store::create(&config).unwrap();
@@ -1391,8 +1395,7 @@ fn a_server_can_leave_checkpoints_to_another_connection() {
 #[test]
 fn a_writer_that_restarts_its_log_keeps_it_from_growing() {
     let dir = tempfile::tempdir().unwrap();
-    let text = crate::config::Config::init_text(dir.path());
-    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let config = init_config(dir.path());
     let wal = dir.path().join("sparekey.db-wal");
     let ctx = Context::new("test");
     let mut writer = Store::create(&config).unwrap();
@@ -1430,8 +1433,7 @@ fn a_writer_that_restarts_its_log_keeps_it_from_growing() {
 #[test]
 fn an_emptied_store_file_is_refused_not_made_anew() {
     let dir = tempfile::tempdir().unwrap();
-    let text = crate::config::Config::init_text(dir.path());
-    let config = crate::config::Config::parse(&text, &dir.path().join("sparekey.toml")).unwrap();
+    let config = init_config(dir.path());
     let db = dir.path().join("sparekey.db");
     drop(Store::create(&config).unwrap());
     std::fs::write(&db, b"").unwrap();
