@@ -37,6 +37,8 @@ struct RawSection {
     max_in_flight: usize,
     #[serde(default = "default_max_batch")]
     max_batch: usize,
+    #[serde(default = "default_commit_interval_us")]
+    commit_interval_us: u64,
     #[serde(default, rename = "client")]
     clients: Vec<RawClient>,
 }
@@ -60,6 +62,11 @@ fn default_max_in_flight() -> usize {
 fn default_max_batch() -> usize {
     256
 }
+fn default_commit_interval_us() -> u64 {
+    1000
+}
+/// Longest `commit_interval_us` accepted: a tenth of a second.
+const MAX_COMMIT_INTERVAL_US: u64 = 100_000;
 fn yes() -> bool {
     true
 }
@@ -189,6 +196,9 @@ pub struct RadiusConfig {
     pub max_in_flight: usize,
     /// Verifications committed together, at most.
     pub max_batch: usize,
+    /// Under load, the least time from one batch's start to the next's (see
+    /// [`crate::writer`]); zero starts each batch as soon as the last is done.
+    pub commit_interval: std::time::Duration,
     /// The clients.
     pub clients: Vec<ClientConfig>,
     /// Things worth a warning that are not errors (short secrets).
@@ -223,6 +233,11 @@ impl RadiusConfig {
         }
         if !(1..=10_000).contains(&raw.max_batch) {
             return Err(err("radius.max_batch: must be 1 to 10000".into()));
+        }
+        if raw.commit_interval_us > MAX_COMMIT_INTERVAL_US {
+            return Err(err(format!(
+                "radius.commit_interval_us: must be 0 to {MAX_COMMIT_INTERVAL_US}"
+            )));
         }
         let base = config.file.parent().unwrap_or(Path::new("."));
         let mut clients = Vec::new();
@@ -268,6 +283,7 @@ impl RadiusConfig {
             bypass_status: raw.bypass_status,
             max_in_flight: raw.max_in_flight,
             max_batch: raw.max_batch,
+            commit_interval: std::time::Duration::from_micros(raw.commit_interval_us),
             clients,
             warnings,
         })
@@ -387,6 +403,7 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.bypass_status, BypassStatus::Allow);
         assert_eq!(c.clients.len(), 2);
+        assert_eq!(c.commit_interval, std::time::Duration::from_millis(1));
         assert!(c.clients[0].require_message_authenticator);
         assert_eq!(c.clients[0].rate_limit, 2000);
         assert!(!c.clients[1].require_message_authenticator);
@@ -431,6 +448,18 @@ mod tests {
             (
                 "[radius]\nlisten = [\"127.0.0.1:1812\"]\nbypass_status = \"maybe\"\n",
                 "bypass_status",
+            ),
+            (
+                &format!(
+                    "[radius]\nlisten = [\"127.0.0.1:1812\"]\ncommit_interval_us = 100001\n{client}"
+                ),
+                "radius.commit_interval_us: must be 0 to 100000",
+            ),
+            (
+                &format!(
+                    "[radius]\nlisten = [\"127.0.0.1:1812\"]\ncommit_interval_us = -1\n{client}"
+                ),
+                "commit_interval_us",
             ),
         ] {
             let e = parse(section).unwrap_err();

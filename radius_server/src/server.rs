@@ -358,15 +358,15 @@ pub async fn run(
     // The writer hands each committed batch to one task that encodes and sends the
     // replies, so that the thread holding the store does nothing but verify.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done<Pending>>();
-    let (queue, writer) = writer::spawn(
-        store,
-        config.max_in_flight,
-        config.max_batch,
-        move |batch| {
-            // The receiver lives until the writer has ended; a send cannot fail before.
-            let _ = done_tx.send(batch);
-        },
-    )?;
+    let batching = writer::Batching {
+        capacity: config.max_in_flight,
+        max_batch: config.max_batch,
+        commit_interval: config.commit_interval,
+    };
+    let (queue, writer) = writer::spawn(store, batching, move |batch| {
+        // The receiver lives until the writer has ended; a send cannot fail before.
+        let _ = done_tx.send(batch);
+    })?;
     let replier = {
         let shared = shared.clone();
         tokio::spawn(async move {
