@@ -11,6 +11,7 @@
 #
 #   bench/radius-bench.sh                     USERS=10000 ROUNDS=3 DURATION=10 CONCURRENCY=256
 #   ROUNDS=5 DURATION=20 bench/radius-bench.sh
+#   COMMIT_INTERVAL_US=0 bench/radius-bench.sh  sparekey-radiusd's [radius] commit_interval_us
 #
 # Needs the Debian packages freeradius and freeradius-utils. Leaves nothing behind.
 set -euo pipefail
@@ -22,6 +23,7 @@ DURATION=${DURATION:-10}
 CONCURRENCY=${CONCURRENCY:-256}
 SOCKETS=${SOCKETS:-4}
 WRONG=${WRONG:-0.1}
+COMMIT_INTERVAL_US=${COMMIT_INTERVAL_US:-}
 command -v freeradius >/dev/null || { echo "radius-bench: install freeradius" >&2; exit 2; }
 
 cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench
@@ -34,6 +36,9 @@ trap cleanup EXIT
 secret=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
 port_sk=18201 port_fr=18202 port_null=18203
 "$bin/sparekey-bench" setup --dir "$dir/sk" --users "$USERS" --listen "127.0.0.1:$port_sk" --secret "$secret" --synchronous full
+if [ -n "$COMMIT_INTERVAL_US" ]; then
+    sed -i "s/^\[radius\]\$/[radius]\ncommit_interval_us = $COMMIT_INTERVAL_US/" "$dir/sk/sparekey.toml"
+fi
 
 # FreeRADIUS: a self-contained config in $dir/fr.
 mkdir -p "$dir/fr"

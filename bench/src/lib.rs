@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod null;
+pub mod pauses;
 pub mod radius_load;
 pub mod rng;
 pub mod setup;

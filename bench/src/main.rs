@@ -3,7 +3,9 @@
 //! - `load`: drive any RADIUS server with PAP requests and report rate and latency;
 //! - `setup`: make benchmark users for sparekey-radiusd and FreeRADIUS;
 //! - `null-responder`: sparekey-radiusd's packet handling with no store (the ceiling);
-//! - `timing-setup`, `timing`: reject response times by case, with two-sample tests.
+//! - `timing-setup`, `timing`: reject response times by case, with two-sample tests;
+//! - `pauses`: whether the machine itself stops (a spinning thread's gaps), with and
+//!   without a stream of syncs beside it.
 
 #![forbid(unsafe_code)]
 
@@ -145,6 +147,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Spin on one thread and report every gap over 2 ms; with --syncs-per-sec, write
+    /// and fdatasync 4 KiB at that rate beside it (BENCHMARKS.md: the host's pauses)
+    Pauses {
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// 0: spin only
+        #[arg(long, default_value_t = 0.0)]
+        syncs_per_sec: f64,
+        /// Where the scratch file goes (on the disk under test)
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -242,6 +256,15 @@ fn main() -> anyhow::Result<()> {
         } => timing(
             server, secret, users, samples, warmup, cases, timeout_ms, seed, raw, config,
         ),
+        Command::Pauses {
+            seconds,
+            syncs_per_sec,
+            dir,
+        } => {
+            let report = sparekey_bench::pauses::run(seconds, syncs_per_sec, &dir)?;
+            print!("{}", report.summary());
+            Ok(())
+        }
     }
 }
 
