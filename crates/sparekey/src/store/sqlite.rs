@@ -1345,17 +1345,22 @@ mod tests {
         assert_eq!(seek(&mut tx, "e"), Some(("b".into(), false)));
     }
 
+    /// A store of files `sparekey.db` and `sparekey.key` in `dir`.
+    fn store_config(dir: &Path, synchronous: Synchronous) -> StoreConfig {
+        StoreConfig {
+            path: dir.join("sparekey.db"),
+            key_file: dir.join("sparekey.key"),
+            busy_timeout_ms: 5000,
+            synchronous,
+        }
+    }
+
     /// Pages are read with read(), never through a mapping: a mapped file that someone
     /// else truncates kills the process (SIGBUS) instead of failing the read.
     #[test]
     fn the_database_file_is_never_mapped() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            path: dir.path().join("sparekey.db"),
-            key_file: dir.path().join("sparekey.key"),
-            busy_timeout_ms: 5000,
-            synchronous: Synchronous::Full,
-        };
+        let config = store_config(dir.path(), Synchronous::Full);
         drop(SqliteBackend::create(&config).unwrap());
         let b = SqliteBackend::open(&config).unwrap();
         let mapped: i64 = b
@@ -1368,12 +1373,7 @@ mod tests {
     #[test]
     fn a_deferred_log_sync_is_the_log_and_commits_stop_waiting_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let config = |synchronous| StoreConfig {
-            path: dir.path().join("sparekey.db"),
-            key_file: dir.path().join("sparekey.key"),
-            busy_timeout_ms: 5000,
-            synchronous,
-        };
+        let config = |synchronous| store_config(dir.path(), synchronous);
         let level = |b: &SqliteBackend| -> i64 {
             b.conn
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
@@ -1402,17 +1402,10 @@ mod tests {
         );
     }
 
-    /// A store written at schema step 3 (the last before the WITHOUT ROWID tables)
-    /// upgrades in place: every row, code and rule survives.
     #[test]
     fn a_long_log_is_folded_and_truncated_for_a_short_lived_process() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            path: dir.path().join("sparekey.db"),
-            key_file: dir.path().join("sparekey.key"),
-            busy_timeout_ms: 5000,
-            synchronous: Synchronous::Normal,
-        };
+        let config = store_config(dir.path(), Synchronous::Normal);
         let clock = ManualClock::at(T0);
         let ctx = Context::new("test");
         let wal = dir.path().join("sparekey.db-wal");
@@ -1442,15 +1435,12 @@ mod tests {
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
     }
 
+    /// A store written at schema step 3 (the last before the WITHOUT ROWID tables)
+    /// upgrades in place: every row, code and rule survives.
     #[test]
     fn a_store_made_at_step_three_upgrades_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            path: dir.path().join("sparekey.db"),
-            key_file: dir.path().join("sparekey.key"),
-            busy_timeout_ms: 5000,
-            synchronous: Synchronous::Full,
-        };
+        let config = store_config(dir.path(), Synchronous::Full);
         let clock = ManualClock::at(T0);
         let ctx = Context::new("test");
 
