@@ -268,20 +268,17 @@ fn run<T: Send + 'static>(
         };
         let answers: Done<T> = jobs.drain(..).map(|j| j.token).zip(answers).collect();
         let sync = store.pending_sync();
-        let batch = if behind {
-            Committed {
-                number,
-                answers,
-                sync,
-            }
+        let (answers, sync) = if behind {
+            (answers, sync)
         } else {
             let answers = durable(answers, sync.as_deref());
             synced.reached(number + 1);
-            Committed {
-                number,
-                answers,
-                sync: None,
-            }
+            (answers, None)
+        };
+        let batch = Committed {
+            number,
+            answers,
+            sync,
         };
         number += 1;
         if to_syncer.send(batch).is_err() {
@@ -454,6 +451,19 @@ mod tests {
             done.remove(0)
         }
 
+        /// The next batch's one token, whose answer must be a verdict.
+        fn answered_ok(&self) -> u32 {
+            let (token, answer) = self.answer();
+            assert!(answer.is_ok());
+            token
+        }
+
+        /// The tokens of the next batch, in order.
+        fn batch_tokens(&self) -> Vec<u32> {
+            let batch = self.answers.recv_timeout(BOUND).unwrap();
+            batch.into_iter().map(|(t, _)| t).collect()
+        }
+
         fn stop(self) {
             drop(self.queue);
             self.writer.join().unwrap();
@@ -480,9 +490,7 @@ mod tests {
             assert_eq!(*h.events.lock().unwrap(), ["committed 1"]);
             assert!(h.answers.try_recv().is_err());
             h.release.send(Ok(())).unwrap();
-            let (token, answer) = h.answer();
-            assert_eq!(token, 1);
-            assert!(answer.is_ok());
+            assert_eq!(h.answered_ok(), 1);
             h.stop();
         }
     }
@@ -497,9 +505,7 @@ mod tests {
             // The writer goes on: the next batch is verified, synced and answered.
             h.offer(2);
             h.release.send(Ok(())).unwrap();
-            let (token, answer) = h.answer();
-            assert_eq!(token, 2);
-            assert!(answer.is_ok());
+            assert_eq!(h.answered_ok(), 2);
             h.stop();
         }
     }
@@ -534,15 +540,14 @@ mod tests {
         for max_batch in [16, 1] {
             let h = Harness::start(max_batch, true);
             h.queue.offer(job(7)).unwrap();
-            let (token, answer) = h.answer();
-            assert_eq!(token, 7);
-            assert!(answer.is_ok());
+            assert_eq!(h.answered_ok(), 7);
             assert!(h.started.try_recv().is_err());
             h.stop();
         }
     }
-    /// Answers jobs 1, then 2 and 3 in one batch (queued while 1 was synced), and says
-    /// when each batch began.
+
+    /// Answers job 1, then jobs 2 and 3 in one batch (queued while 1 was synced): the
+    /// writer's last batch is then a busy one.
     fn a_busy_batch(h: &Harness) {
         assert_eq!(h.offer(1), "store-writer");
         h.queue.offer(job(2)).unwrap();
@@ -551,8 +556,7 @@ mod tests {
         assert_eq!(h.answer().0, 1);
         h.started.recv_timeout(BOUND).unwrap();
         h.release.send(Ok(())).unwrap();
-        let batch = h.answers.recv_timeout(BOUND).unwrap();
-        assert_eq!(batch.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(h.batch_tokens(), [2, 3]);
     }
 
     #[test]
@@ -590,8 +594,7 @@ mod tests {
         h.queue.offer(job(5)).unwrap();
         h.started.recv_timeout(BOUND).unwrap();
         h.release.send(Ok(())).unwrap();
-        let batch = h.answers.recv_timeout(BOUND).unwrap();
-        assert_eq!(batch.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(h.batch_tokens(), [4, 5]);
         h.stop();
     }
 }

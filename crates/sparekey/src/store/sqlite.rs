@@ -298,9 +298,8 @@ impl SqliteBackend {
         // instead of reading pages in again. It is a limit, not an allocation, so
         // short-lived processes pay nothing for it. No reads through mmap: a database file
         // truncated by someone else while mapped kills the whole process with SIGBUS at
-        // the next touch of a page past the new end (sparekey-radiusd died in about one run
-        // in fifty of `a_truncated_store_rejects_until_restored`), where read() returns an
-        // error that is denied and logged.
+        // the next touch of a page past the new end, where read() returns an error that is
+        // denied and logged.
         conn.execute_batch(&format!(
             "PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync}; \
              PRAGMA cache_size = -65536; PRAGMA mmap_size = 0;"
