@@ -6,6 +6,9 @@
 //! - `verify` measures in-process [`Store::verify`] latency on a small (1,000 users) and a
 //!   large (1,000,000 users) store, for a valid code and for a wrong one, interleaving the
 //!   two stores so that the machine's noise falls on both alike.
+//! - `batch` measures the serial stage of sparekey-radiusd: [`Store::verify_many`] over
+//!   batches of attempts (a mix of valid and wrong codes, each batch one transaction),
+//!   reported as microseconds of one thread per attempt.
 //!
 //! Codes exist only in this process's memory: the store holds their digests, and the
 //! sample file next to a store lists usernames only. Nothing here prints a code.
@@ -38,13 +41,17 @@ usage:
   store-bench verify --samples M [--users 1000000] [--small-users 1000] [--rounds 3]
                      [--synchronous full|normal|both] [--warmup 1000]
                      [--large-dir DIR] [--small-dir DIR] [--work-dir /tmp] [--keep]
+  store-bench batch [--users 10000] [--codes 1] [--batch 64] [--attempts 100000]
+                    [--wrong 0.1] [--rounds 5] [--synchronous normal] [--work-dir /tmp]
 
 create makes DIR (which must not hold a store yet) with sparekey.db, sparekey.key (0600)
 and sample-usernames.txt. --path enrol (the default) creates each user with Batch::enrol;
 --path calls with Batch::add_user, add_device and generate_codes. --checkpoints thread
 leaves checkpoints to a second connection on another thread. verify reuses stores made by create when given their
 directories (it then issues new codes to the sampled users, since codes are never
-written down), and otherwise builds them under --work-dir and deletes them afterwards.";
+written down), and otherwise builds them under --work-dir and deletes them afterwards.
+batch builds a store under --work-dir, runs --rounds rounds of --attempts attempts on
+random users in batches of --batch, and deletes it.";
 
 const DB_FILE: &str = "sparekey.db";
 const KEY_FILE: &str = "sparekey.key";
@@ -56,6 +63,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("create") => Flags::parse(&args[1..]).and_then(|f| cmd_create(&f)),
         Some("verify") => Flags::parse(&args[1..]).and_then(|f| cmd_verify(&f)),
+        Some("batch") => Flags::parse(&args[1..]).and_then(|f| cmd_batch(&f)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -852,5 +860,122 @@ fn run_rounds(
             );
         }
     }
+    Ok(())
+}
+
+/// `batch`: the writer's work per attempt, without the network or the log's sync.
+fn cmd_batch(flags: &Flags) -> Result<()> {
+    let users: u64 = flags.get("users")?.unwrap_or(10_000);
+    let codes: usize = flags.get("codes")?.unwrap_or(1);
+    let batch: usize = flags.get("batch")?.unwrap_or(64);
+    let attempts: usize = flags.get("attempts")?.unwrap_or(100_000);
+    let wrong: f64 = flags.get("wrong")?.unwrap_or(0.1);
+    let rounds: usize = flags.get("rounds")?.unwrap_or(5);
+    let synchronous = flags
+        .raw("synchronous")?
+        .map_or(Ok(Synchronous::Normal), parse_sync)?;
+    let work_dir: PathBuf = flags
+        .get("work-dir")?
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    flags.finish()?;
+    if batch == 0 || attempts == 0 || rounds == 0 || !(0.0..=1.0).contains(&wrong) {
+        bail!("--batch, --attempts and --rounds must be at least 1, --wrong within 0..=1");
+    }
+    let dir = work_dir.join(format!("store-bench-batch-{}", std::process::id()));
+    let result = run_batches(
+        &dir,
+        users,
+        codes,
+        batch,
+        attempts,
+        wrong,
+        rounds,
+        synchronous,
+    );
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_batches(
+    dir: &Path,
+    users: u64,
+    codes: usize,
+    batch: usize,
+    attempts: usize,
+    wrong: f64,
+    rounds: usize,
+    synchronous: Synchronous,
+) -> Result<()> {
+    eprintln!(
+        "building {users} users x {codes} codes in {}",
+        dir.display()
+    );
+    let (samples, _) = build_store(
+        dir,
+        &BuildOptions {
+            path: CreatePath::Enrol,
+            checkpoints: Checkpoints::Inline,
+            users,
+            codes,
+            batch: 10_000,
+            sample: users,
+            synchronous,
+        },
+    )?;
+    let mut store = open_store(dir, synchronous)?;
+    let mut rng = SplitMix::seeded();
+    let ctx = Context::new(ACTOR);
+    let threshold = (wrong * u64::MAX as f64) as u64;
+    let mut per_attempt = Vec::with_capacity(rounds);
+    // Round 0 warms the cache and is not counted.
+    for round in 0..=rounds {
+        let mut wrongs = Vec::with_capacity(batch);
+        let mut done = 0;
+        let mut elapsed = Duration::ZERO;
+        while done < attempts {
+            let n = batch.min(attempts - done);
+            let picked: Vec<&Sample> = (0..n).map(|_| &samples[rng.below(samples.len())]).collect();
+            wrongs.clear();
+            wrongs.extend((0..n).map(|_| (rng.next() < threshold).then(|| rng.wrong_code())));
+            let batch: Vec<sparekey::Attempt<'_>> = picked
+                .iter()
+                .zip(&wrongs)
+                .map(|(s, w)| sparekey::Attempt {
+                    login: &s.username,
+                    passcode: w.as_deref().unwrap_or(s.code.expose()),
+                    ctx: &ctx,
+                })
+                .collect();
+            let t = Instant::now();
+            let verdicts = store.verify_many(&batch)?;
+            elapsed += t.elapsed();
+            for (v, w) in verdicts.iter().zip(&wrongs) {
+                let expected = if w.is_some() {
+                    Decision::Reject(Reason::WrongCode)
+                } else {
+                    Decision::Accept
+                };
+                match v {
+                    Ok(v) if v.decision == expected => {}
+                    other => bail!("got {other:?}, expected {expected:?}"),
+                }
+            }
+            done += n;
+        }
+        let us = elapsed.as_secs_f64() * 1e6 / attempts as f64;
+        if round > 0 {
+            println!(
+                "round {round}/{rounds}: {us:.2} us per attempt ({:.0} attempts/s)",
+                1e6 / us
+            );
+            per_attempt.push(us);
+        }
+    }
+    let (m, lo, hi) = spread(per_attempt);
+    println!(
+        "RESULT batch users={users} codes={codes} batch={batch} wrong={wrong} sync={} us_per_attempt={m:.2} min={lo:.2} max={hi:.2}",
+        sync_name(synchronous)
+    );
     Ok(())
 }

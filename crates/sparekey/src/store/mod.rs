@@ -103,6 +103,18 @@ pub struct UserFilter {
     pub locked: bool,
 }
 
+/// The user whose rows a verification reads, as [`Tx::seek_user`] found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seek {
+    /// The user the login key names or, for a key no login has, the user whose key comes
+    /// next (read for the cost only, never matched against).
+    pub user: User,
+    /// Whether the key is one of the user's own.
+    pub exact: bool,
+    /// How many devices the user has.
+    pub devices: u64,
+}
+
 /// One transaction. Dropping it without [`Tx::commit`] rolls it back.
 pub trait Tx {
     /// Makes every change durable.
@@ -137,6 +149,21 @@ pub trait Tx {
     fn user_and_device_count(&mut self, id: &UserId) -> Result<(Option<User>, u64)> {
         let user = self.user(id)?;
         Ok((user, self.device_count(id)?))
+    }
+    /// What a verification reads of the user a login key names:
+    /// [`Tx::user_id_by_login_or_next`], then [`Tx::user_and_device_count`] of the user it
+    /// answers (the next one's, for a key no login has), in one statement where a backend
+    /// can. `None` where the seek finds no one.
+    fn seek_user(&mut self, key: &LoginKey) -> Result<Option<Seek>> {
+        let Some((id, exact)) = self.user_id_by_login_or_next(key)? else {
+            return Ok(None);
+        };
+        let (user, devices) = self.user_and_device_count(&id)?;
+        Ok(user.map(|user| Seek {
+            user,
+            exact,
+            devices,
+        }))
     }
     /// Locks, in one fixed order, the users these login keys belong to (unknown keys are
     /// skipped), so that a batch that then reads them one by one cannot deadlock with

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{AdminKey, Backend, LogSync, Tx, UserFilter};
+use super::{AdminKey, Backend, LogSync, Seek, Tx, UserFilter};
 use crate::audit::{AuditEvent, AuditFilter, Source};
 use crate::config::{StoreConfig, Synchronous};
 use crate::error::{Error, Result};
@@ -835,6 +835,30 @@ impl Tx for SqliteTx<'_> {
         })
     }
 
+    fn seek_user(&mut self, key: &LoginKey) -> Result<Option<Seek>> {
+        // The seek of `user_id_by_login_or_next` joined with the read of
+        // `user_and_device_count`: one statement where a verification ran two.
+        let mut st = self.tx.prepare_cached(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", (SELECT count(*) FROM devices WHERE user_id = seek.user_id), seek.key = ?1
+             FROM (SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 ORDER BY key LIMIT 1)
+                   UNION ALL
+                   SELECT key, user_id FROM (SELECT key, user_id FROM logins ORDER BY key LIMIT 1)
+                   LIMIT 1) AS seek
+             JOIN users ON users.id = seek.user_id"
+        ))?;
+        Ok(st
+            .query_row([key.as_str()], |r| {
+                Ok(Seek {
+                    user: user_row(r)?,
+                    devices: r.get::<_, i64>(USER_COLUMNS)?.max(0) as u64,
+                    exact: r.get(USER_COLUMNS + 1)?,
+                })
+            })
+            .optional()?)
+    }
+
     fn insert_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
         let mut st = self.tx.prepare_cached(concat!(
             "INSERT INTO users (",
@@ -1342,6 +1366,50 @@ mod tests {
         assert_eq!(seek(&mut tx, "c"), Some(("d".into(), false)));
         assert_eq!(seek(&mut tx, "d"), Some(("d".into(), true)));
         assert_eq!(seek(&mut tx, "e"), Some(("b".into(), false)));
+    }
+
+    /// The one statement of `seek_user` answers as the seek and the read it joins do one
+    /// after the other: the user, their device count and whether the key was theirs.
+    #[test]
+    fn a_seek_and_the_user_it_finds_come_in_one_read() {
+        let clock = ManualClock::at(T0);
+        let ctx = Context::new("test");
+        let mut store = open_store(SqliteBackend::in_memory().unwrap(), &clock);
+        let key = |k: &str| LoginKey::from_login(k, Normalization::default()).unwrap();
+        {
+            let mut tx = store.backend.begin().unwrap();
+            assert_eq!(tx.seek_user(&key("b")).unwrap(), None);
+        }
+        for name in ["b", "d"] {
+            let new = NewUser {
+                username: name.into(),
+                ..NewUser::default()
+            };
+            store.add_user(new, &ctx).unwrap();
+        }
+        for _ in 0..2 {
+            store
+                .add_device("d", DeviceKind::Phone, None, &ctx)
+                .unwrap();
+        }
+        let mut tx = store.backend.begin().unwrap();
+        for (k, name, exact, devices) in [
+            ("a", "b", false, 0),
+            ("b", "b", true, 0),
+            ("c", "d", false, 2),
+            ("d", "d", true, 2),
+            ("e", "b", false, 0),
+        ] {
+            let seek = tx.seek_user(&key(k)).unwrap().unwrap();
+            assert_eq!(
+                (seek.user.username.as_str(), seek.exact, seek.devices),
+                (name, exact, devices),
+                "{k}"
+            );
+            let (id, _) = tx.user_id_by_login_or_next(&key(k)).unwrap().unwrap();
+            let (user, _) = tx.user_and_device_count(&id).unwrap();
+            assert_eq!(user, Some(seek.user), "{k}");
+        }
     }
 
     /// A store of files `sparekey.db` and `sparekey.key` in `dir`.
