@@ -2,7 +2,8 @@
 //! by default, append-only migrations, and files created 0600.
 
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+    CachedStatement, Connection, OpenFlags, OptionalExtension, Row, Transaction,
+    TransactionBehavior, params,
 };
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -428,15 +429,15 @@ fn store_error(path: &Path, e: rusqlite::Error) -> Error {
 
 impl Backend for SqliteBackend {
     fn begin(&mut self) -> Result<Box<dyn Tx + '_>> {
-        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate)
+        let tx = SqliteTx::new(&self.conn, TransactionBehavior::Immediate)
             .map_err(|e| store_error(&self.path, e))?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(tx))
     }
 
     fn begin_read(&mut self) -> Result<Box<dyn Tx + '_>> {
-        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Deferred)
+        let tx = SqliteTx::new(&self.conn, TransactionBehavior::Deferred)
             .map_err(|e| store_error(&self.path, e))?;
-        Ok(Box::new(SqliteTx { tx }))
+        Ok(Box::new(tx))
     }
 
     fn normalization(&mut self) -> Result<Option<Normalization>> {
@@ -549,7 +550,35 @@ impl Backend for SqliteBackend {
 const SHORT_LOG_BYTES: u64 = 400 << 10;
 
 struct SqliteTx<'a> {
+    /// The statements this transaction has run, held out of the connection's cache until
+    /// it ends: a batch of verifications looks each one up there once, not once per
+    /// attempt. Declared first, so that they are put back before the transaction ends.
+    held: Vec<(&'static str, CachedStatement<'a>)>,
     tx: Transaction<'a>,
+    conn: &'a Connection,
+}
+
+impl<'a> SqliteTx<'a> {
+    fn new(conn: &'a Connection, behavior: TransactionBehavior) -> rusqlite::Result<Self> {
+        Ok(SqliteTx {
+            held: Vec::new(),
+            tx: Transaction::new_unchecked(conn, behavior)?,
+            conn,
+        })
+    }
+
+    /// The prepared statement for `sql`, from those this transaction holds (found by the
+    /// text's address: every statement is a constant) or else from the connection's cache.
+    fn stmt(&mut self, sql: &'static str) -> rusqlite::Result<&mut CachedStatement<'a>> {
+        let i = match self.held.iter().position(|(s, _)| std::ptr::eq(*s, sql)) {
+            Some(i) => i,
+            None => {
+                self.held.push((sql, self.conn.prepare_cached(sql)?));
+                self.held.len() - 1
+            }
+        };
+        Ok(&mut self.held[i].1)
+    }
 }
 
 // Column lists as macros, so that each statement's text is one `concat!` constant: a
@@ -736,9 +765,7 @@ fn audit_row(row: &Row<'_>) -> rusqlite::Result<AuditEvent> {
 
 impl SqliteTx<'_> {
     fn write_logins(&mut self, user: &User, keys: &[LoginKey]) -> Result<()> {
-        let mut st = self
-            .tx
-            .prepare_cached("INSERT INTO logins (key, user_id) VALUES (?1, ?2)")?;
+        let st = self.stmt("INSERT INTO logins (key, user_id) VALUES (?1, ?2)")?;
         for key in keys {
             st.execute(params![key.as_str(), user.id.as_str()])
                 .map_err(|e| match e {
@@ -760,29 +787,29 @@ fn aliases_json(u: &User) -> Result<String> {
 
 impl Tx for SqliteTx<'_> {
     fn commit(self: Box<Self>) -> Result<()> {
-        Ok(self.tx.commit()?)
+        let SqliteTx { held, tx, .. } = *self;
+        drop(held);
+        Ok(tx.commit()?)
     }
 
     fn savepoint(&mut self) -> Result<()> {
-        self.tx.prepare_cached("SAVEPOINT attempt")?.execute([])?;
+        self.stmt("SAVEPOINT attempt")?.execute([])?;
         Ok(())
     }
 
     fn release_savepoint(&mut self) -> Result<()> {
-        self.tx.prepare_cached("RELEASE attempt")?.execute([])?;
+        self.stmt("RELEASE attempt")?.execute([])?;
         Ok(())
     }
 
     fn rollback_savepoint(&mut self) -> Result<()> {
-        self.tx.prepare_cached("ROLLBACK TO attempt")?.execute([])?;
-        self.tx.prepare_cached("RELEASE attempt")?.execute([])?;
+        self.stmt("ROLLBACK TO attempt")?.execute([])?;
+        self.stmt("RELEASE attempt")?.execute([])?;
         Ok(())
     }
 
     fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>> {
-        let mut st = self
-            .tx
-            .prepare_cached("SELECT user_id FROM logins WHERE key = ?1")?;
+        let st = self.stmt("SELECT user_id FROM logins WHERE key = ?1")?;
         Ok(st
             .query_row([key.as_str()], |r| r.get::<_, String>(0))
             .optional()?
@@ -793,7 +820,7 @@ impl Tx for SqliteTx<'_> {
         // Both arms walk the primary key in order (without ORDER BY, the planner may
         // take the covering index on user_id instead); the second runs only past the
         // last key.
-        let mut st = self.tx.prepare_cached(
+        let st = self.stmt(
             "SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 ORDER BY key LIMIT 1)
              UNION ALL
              SELECT key, user_id FROM (SELECT key, user_id FROM logins ORDER BY key LIMIT 1)
@@ -808,7 +835,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user(&mut self, id: &UserId) -> Result<Option<User>> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             user_columns!(),
             " FROM users WHERE id = ?1"
@@ -819,7 +846,7 @@ impl Tx for SqliteTx<'_> {
     fn user_and_device_count(&mut self, id: &UserId) -> Result<(Option<User>, u64)> {
         // One statement where a verification used to run two. A missing user has no
         // devices (they go with the user), so no row means a count of 0.
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             user_columns!(),
             ", (SELECT count(*) FROM devices WHERE user_id = ?1) FROM users WHERE id = ?1"
@@ -838,7 +865,7 @@ impl Tx for SqliteTx<'_> {
     fn seek_user(&mut self, key: &LoginKey) -> Result<Option<Seek>> {
         // The seek of `user_id_by_login_or_next` joined with the read of
         // `user_and_device_count`: one statement where a verification ran two.
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             user_columns!(),
             ", (SELECT count(*) FROM devices WHERE user_id = seek.user_id), seek.key = ?1
@@ -860,7 +887,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "INSERT INTO users (",
             user_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
@@ -880,13 +907,11 @@ impl Tx for SqliteTx<'_> {
             u.trashed_at,
             aliases_json(u)?,
         ])?;
-        drop(st);
         self.write_logins(u, keys)
     }
 
     fn update_user(&mut self, u: &User, keys: &[LoginKey]) -> Result<()> {
-        self.tx
-            .prepare_cached(
+        self.stmt(
                 "UPDATE users SET username = ?2, realname = ?3, email = ?4, notes = ?5, status = ?6, aliases = ?7
                  WHERE id = ?1",
             )?
@@ -899,15 +924,14 @@ impl Tx for SqliteTx<'_> {
                 u.status.as_str(),
                 aliases_json(u)?
             ])?;
-        self.tx
-            .prepare_cached("DELETE FROM logins WHERE user_id = ?1")?
+        self.stmt("DELETE FROM logins WHERE user_id = ?1")?
             .execute([u.id.as_str()])?;
         self.write_logins(u, keys)?;
         self.update_user_state(u)
     }
 
     fn update_user_state(&mut self, u: &User) -> Result<()> {
-        let mut st = self.tx.prepare_cached(
+        let st = self.stmt(
             "UPDATE users SET lockout_reason = ?2, lockout_since = ?3, failed_attempts = ?4, last_login = ?5,
              trashed_at = ?6 WHERE id = ?1",
         )?;
@@ -926,24 +950,22 @@ impl Tx for SqliteTx<'_> {
         // An UPDATE that finds no row writes no page, and the page a known user's refusal
         // writes into the log costs time at commit. A counter in `meta` (attempts on
         // logins that named no user) is one row changed, one page written, no migration.
-        self.tx
-            .prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('unknown_login_attempts', '1')
+        self.stmt(
+            "INSERT INTO meta (key, value) VALUES ('unknown_login_attempts', '1')
                  ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-            )?
-            .execute([])?;
+        )?
+        .execute([])?;
         Ok(())
     }
 
     fn delete_user(&mut self, id: &UserId) -> Result<()> {
-        self.tx
-            .prepare_cached("DELETE FROM users WHERE id = ?1")?
+        self.stmt("DELETE FROM users WHERE id = ?1")?
             .execute([id.as_str()])?;
         Ok(())
     }
 
     fn list_users(&mut self, f: &UserFilter) -> Result<Vec<User>> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             user_columns!(),
             " FROM users
@@ -961,9 +983,8 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn trashed_before(&mut self, t: i64) -> Result<Vec<UserId>> {
-        let mut st = self.tx.prepare_cached(
-            "SELECT id FROM users WHERE trashed_at IS NOT NULL AND trashed_at <= ?1",
-        )?;
+        let st =
+            self.stmt("SELECT id FROM users WHERE trashed_at IS NOT NULL AND trashed_at <= ?1")?;
         let ids = st
             .query_map([t], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -972,7 +993,7 @@ impl Tx for SqliteTx<'_> {
 
     fn devices(&mut self, user: &UserId) -> Result<Vec<Device>> {
         // Sorted here for the reason given in `codes`.
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             device_columns!(),
             " FROM devices WHERE user_id = ?1"
@@ -985,16 +1006,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn device_count(&mut self, user: &UserId) -> Result<u64> {
-        let mut st = self
-            .tx
-            .prepare_cached("SELECT count(*) FROM devices WHERE user_id = ?1")?;
+        let st = self.stmt("SELECT count(*) FROM devices WHERE user_id = ?1")?;
         Ok(st
             .query_row([user.as_str()], |r| r.get::<_, i64>(0))?
             .max(0) as u64)
     }
 
     fn insert_device(&mut self, d: &Device) -> Result<()> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "INSERT INTO devices (",
             device_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5)"
@@ -1010,16 +1029,14 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn delete_device(&mut self, user: &UserId, id: &DeviceId) -> Result<bool> {
-        let mut st = self
-            .tx
-            .prepare_cached("DELETE FROM devices WHERE user_id = ?1 AND id = ?2")?;
+        let st = self.stmt("DELETE FROM devices WHERE user_id = ?1 AND id = ?2")?;
         Ok(st.execute([user.as_str(), id.as_str()])? > 0)
     }
 
     fn codes(&mut self, user: &UserId) -> Result<Vec<CodeRecord>> {
         // Sorted here, not in SQL: with an ORDER BY, this build of SQLite (STAT4) prepares
         // the statement again on every call, which was a quarter of a verification's time.
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             code_columns!(),
             " FROM codes WHERE user_id = ?1"
@@ -1032,7 +1049,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn all_codes(&mut self) -> Result<Vec<CodeRecord>> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             code_columns!(),
             " FROM codes ORDER BY created_at, id"
@@ -1043,7 +1060,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn code(&mut self, id: &CodeId) -> Result<Option<CodeRecord>> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             code_columns!(),
             " FROM codes WHERE id = ?1"
@@ -1052,7 +1069,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_code(&mut self, c: &CodeRecord) -> Result<()> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "INSERT INTO codes (",
             code_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
@@ -1082,9 +1099,7 @@ impl Tx for SqliteTx<'_> {
             return Ok(());
         }
         for chunk in codes.chunks(MULTI_ROW_MAX) {
-            let mut st = self
-                .tx
-                .prepare_cached(&multi_row_sql().codes[chunk.len() - 1])?;
+            let st = self.stmt(&multi_row_sql().codes[chunk.len() - 1])?;
             st.raw_bind_parameter(1, first.user_id.as_str())?;
             st.raw_bind_parameter(2, first.scheme)?;
             st.raw_bind_parameter(3, first.created_at)?;
@@ -1102,43 +1117,36 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn set_code_uses(&mut self, id: &CodeId, uses: u32) -> Result<()> {
-        self.tx
-            .prepare_cached("UPDATE codes SET uses_remaining = ?2 WHERE id = ?1")?
+        self.stmt("UPDATE codes SET uses_remaining = ?2 WHERE id = ?1")?
             .execute(params![id.as_str(), uses])?;
         Ok(())
     }
 
     fn delete_code(&mut self, id: &CodeId) -> Result<bool> {
         Ok(self
-            .tx
-            .prepare_cached("DELETE FROM codes WHERE id = ?1")?
+            .stmt("DELETE FROM codes WHERE id = ?1")?
             .execute([id.as_str()])?
             > 0)
     }
 
     fn delete_codes_of(&mut self, user: &UserId) -> Result<u64> {
         Ok(self
-            .tx
-            .prepare_cached("DELETE FROM codes WHERE user_id = ?1")?
+            .stmt("DELETE FROM codes WHERE user_id = ?1")?
             .execute([user.as_str()])? as u64)
     }
 
     fn delete_expired_codes(&mut self, user: Option<&UserId>, now: i64) -> Result<u64> {
         let n = match user {
-            Some(u) => self
-                .tx
-                .prepare_cached("DELETE FROM codes WHERE user_id = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2")?
+            Some(u) => self.stmt("DELETE FROM codes WHERE user_id = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2")?
                 .execute(params![u.as_str(), now])?,
-            None => self
-                .tx
-                .prepare_cached("DELETE FROM codes WHERE expires_at IS NOT NULL AND expires_at <= ?1")?
+            None => self.stmt("DELETE FROM codes WHERE expires_at IS NOT NULL AND expires_at <= ?1")?
                 .execute([now])?,
         };
         Ok(n as u64)
     }
 
     fn append_audit(&mut self, e: &AuditEvent) -> Result<()> {
-        let mut st = self.tx.prepare_cached(
+        let st = self.stmt(
             "INSERT INTO audit (time, actor, action, user_id, username, code_id, outcome, reason,
                                 src_address, src_station, src_nas, src_tty, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -1163,9 +1171,7 @@ impl Tx for SqliteTx<'_> {
 
     fn append_code_events(&mut self, e: &AuditEvent, codes: &[CodeId]) -> Result<()> {
         for chunk in codes.chunks(MULTI_ROW_MAX) {
-            let mut st = self
-                .tx
-                .prepare_cached(&multi_row_sql().audit[chunk.len() - 1])?;
+            let st = self.stmt(&multi_row_sql().audit[chunk.len() - 1])?;
             st.raw_bind_parameter(1, e.time)?;
             st.raw_bind_parameter(2, &e.actor)?;
             st.raw_bind_parameter(3, &e.action)?;
@@ -1187,7 +1193,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn audit(&mut self, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
-        let mut st = self.tx.prepare_cached(
+        let st = self.stmt(
             "SELECT * FROM (
                 SELECT id, time, actor, action, user_id, username, code_id, outcome, reason,
                        src_address, src_station, src_nas, src_tty, detail
@@ -1209,28 +1215,27 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_admin_key(&mut self, k: &AdminKey, sealed_secret: &[u8]) -> Result<()> {
-        self.tx
-            .prepare_cached(concat!(
-                "INSERT INTO admin_keys (",
-                admin_key_columns!(),
-                ", sealed_secret) \
+        self.stmt(concat!(
+            "INSERT INTO admin_keys (",
+            admin_key_columns!(),
+            ", sealed_secret) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ))?
-            .execute(params![
-                k.ikey,
-                k.name,
-                k.role.as_str(),
-                k.may_create_codes,
-                k.may_customise_codes,
-                k.created_at,
-                k.revoked_at,
-                sealed_secret,
-            ])?;
+        ))?
+        .execute(params![
+            k.ikey,
+            k.name,
+            k.role.as_str(),
+            k.may_create_codes,
+            k.may_customise_codes,
+            k.created_at,
+            k.revoked_at,
+            sealed_secret,
+        ])?;
         Ok(())
     }
 
     fn admin_key(&mut self, ikey: &str) -> Result<Option<(AdminKey, Vec<u8>)>> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             admin_key_columns!(),
             ", sealed_secret FROM admin_keys WHERE ikey = ?1"
@@ -1241,7 +1246,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn admin_keys(&mut self) -> Result<Vec<AdminKey>> {
-        let mut st = self.tx.prepare_cached(concat!(
+        let st = self.stmt(concat!(
             "SELECT ",
             admin_key_columns!(),
             " FROM admin_keys ORDER BY created_at, ikey"
@@ -1253,10 +1258,7 @@ impl Tx for SqliteTx<'_> {
 
     fn revoke_admin_key(&mut self, ikey: &str, at: i64) -> Result<bool> {
         Ok(self
-            .tx
-            .prepare_cached(
-                "UPDATE admin_keys SET revoked_at = ?2 WHERE ikey = ?1 AND revoked_at IS NULL",
-            )?
+            .stmt("UPDATE admin_keys SET revoked_at = ?2 WHERE ikey = ?1 AND revoked_at IS NULL")?
             .execute(params![ikey, at])?
             > 0)
     }
