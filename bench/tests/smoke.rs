@@ -117,3 +117,43 @@ fn the_generator_drives_sparekey_radiusd_and_every_answer_is_as_expected() {
     // The generator's inputs hold the codes by design; the rest must not.
     hygiene::keep_except(dir.path(), &["users.csv", "freeradius-users"]);
 }
+
+/// `store-bench batch` on a small store: every verdict it checks comes out as expected
+/// (it stops at the first that does not), it prints its result line, and it leaves
+/// nothing in its work directory.
+#[test]
+fn the_batch_store_bench_runs_small_and_cleans_up() {
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_store-bench"))
+        .args([
+            "batch",
+            "--users",
+            "40",
+            "--batch",
+            "8",
+            "--attempts",
+            "100",
+        ])
+        .args(["--rounds", "1", "--wrong", "0.5", "--work-dir"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "RESULT batch users=40 codes=1 batch=8 wrong=0.5 sync=normal us_per_attempt="
+        ),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_store-bench"))
+        .args(["batch", "--wrong", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
