@@ -1305,24 +1305,35 @@ mod tests {
             .unwrap()
     }
 
+    /// Adds users by these names, then `phones` phones to the user `phones_of`.
+    fn add_users_and_phones(
+        store: &mut Store,
+        ctx: &Context,
+        names: &[&str],
+        phones_of: &str,
+        phones: usize,
+    ) {
+        for name in names {
+            let new = NewUser {
+                username: (*name).into(),
+                ..NewUser::default()
+            };
+            store.add_user(new, ctx).unwrap();
+        }
+        for _ in 0..phones {
+            store
+                .add_device(phones_of, DeviceKind::Phone, None, ctx)
+                .unwrap();
+        }
+    }
+
     #[test]
     fn a_user_and_their_device_count_come_in_one_read() {
         assert_eq!(user_columns!().split(',').count(), USER_COLUMNS);
         let clock = ManualClock::at(T0);
         let ctx = Context::new("test");
         let mut store = open_store(SqliteBackend::in_memory().unwrap(), &clock);
-        for name in ["ann", "bob"] {
-            let new = NewUser {
-                username: name.into(),
-                ..NewUser::default()
-            };
-            store.add_user(new, &ctx).unwrap();
-        }
-        for _ in 0..2 {
-            store
-                .add_device("ann", DeviceKind::Phone, None, &ctx)
-                .unwrap();
-        }
+        add_users_and_phones(&mut store, &ctx, &["ann", "bob"], "ann", 2);
         let ann = store.find_user("ann").unwrap();
         let bob = store.find_user("bob").unwrap();
         let mut tx = store.backend.begin().unwrap();
@@ -1382,18 +1393,7 @@ mod tests {
             let mut tx = store.backend.begin().unwrap();
             assert_eq!(tx.seek_user(&key("b")).unwrap(), None);
         }
-        for name in ["b", "d"] {
-            let new = NewUser {
-                username: name.into(),
-                ..NewUser::default()
-            };
-            store.add_user(new, &ctx).unwrap();
-        }
-        for _ in 0..2 {
-            store
-                .add_device("d", DeviceKind::Phone, None, &ctx)
-                .unwrap();
-        }
+        add_users_and_phones(&mut store, &ctx, &["b", "d"], "d", 2);
         let mut tx = store.backend.begin().unwrap();
         for (k, name, exact, devices) in [
             ("a", "b", false, 0),
