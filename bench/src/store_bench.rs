@@ -863,42 +863,8 @@ fn run_rounds(
     Ok(())
 }
 
-/// `batch`: the writer's work per attempt, without the network or the log's sync.
-fn cmd_batch(flags: &Flags) -> Result<()> {
-    let users: u64 = flags.get("users")?.unwrap_or(10_000);
-    let codes: usize = flags.get("codes")?.unwrap_or(1);
-    let batch: usize = flags.get("batch")?.unwrap_or(64);
-    let attempts: usize = flags.get("attempts")?.unwrap_or(100_000);
-    let wrong: f64 = flags.get("wrong")?.unwrap_or(0.1);
-    let rounds: usize = flags.get("rounds")?.unwrap_or(5);
-    let synchronous = flags
-        .raw("synchronous")?
-        .map_or(Ok(Synchronous::Normal), parse_sync)?;
-    let work_dir: PathBuf = flags
-        .get("work-dir")?
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    flags.finish()?;
-    if batch == 0 || attempts == 0 || rounds == 0 || !(0.0..=1.0).contains(&wrong) {
-        bail!("--batch, --attempts and --rounds must be at least 1, --wrong within 0..=1");
-    }
-    let dir = work_dir.join(format!("store-bench-batch-{}", std::process::id()));
-    let result = run_batches(
-        &dir,
-        users,
-        codes,
-        batch,
-        attempts,
-        wrong,
-        rounds,
-        synchronous,
-    );
-    let _ = fs::remove_dir_all(&dir);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_batches(
-    dir: &Path,
+/// What `batch` runs.
+struct BatchOptions {
     users: u64,
     codes: usize,
     batch: usize,
@@ -906,7 +872,44 @@ fn run_batches(
     wrong: f64,
     rounds: usize,
     synchronous: Synchronous,
-) -> Result<()> {
+}
+
+/// `batch`: the writer's work per attempt, without the network or the log's sync.
+fn cmd_batch(flags: &Flags) -> Result<()> {
+    let opt = BatchOptions {
+        users: flags.get("users")?.unwrap_or(10_000),
+        codes: flags.get("codes")?.unwrap_or(1),
+        batch: flags.get("batch")?.unwrap_or(64),
+        attempts: flags.get("attempts")?.unwrap_or(100_000),
+        wrong: flags.get("wrong")?.unwrap_or(0.1),
+        rounds: flags.get("rounds")?.unwrap_or(5),
+        synchronous: flags
+            .raw("synchronous")?
+            .map_or(Ok(Synchronous::Normal), parse_sync)?,
+    };
+    let work_dir: PathBuf = flags
+        .get("work-dir")?
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    flags.finish()?;
+    if opt.batch == 0 || opt.attempts == 0 || opt.rounds == 0 || !(0.0..=1.0).contains(&opt.wrong) {
+        bail!("--batch, --attempts and --rounds must be at least 1, --wrong within 0..=1");
+    }
+    let dir = work_dir.join(format!("store-bench-batch-{}", std::process::id()));
+    let result = run_batches(&dir, &opt);
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_batches(dir: &Path, opt: &BatchOptions) -> Result<()> {
+    let BatchOptions {
+        users,
+        codes,
+        batch,
+        attempts,
+        wrong,
+        rounds,
+        synchronous,
+    } = *opt;
     eprintln!(
         "building {users} users x {codes} codes in {}",
         dir.display()

@@ -591,6 +591,17 @@ macro_rules! user_columns {
 }
 /// How many columns `user_columns!` names.
 const USER_COLUMNS: usize = 13;
+/// The login key `?1`, or the next one, or (past the last) the first: `key, user_id`.
+/// Both arms walk the primary key in order (without ORDER BY, the planner may take the
+/// covering index on user_id instead); the second runs only past the last key.
+macro_rules! login_seek {
+    () => {
+        "SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 ORDER BY key LIMIT 1) \
+         UNION ALL \
+         SELECT key, user_id FROM (SELECT key, user_id FROM logins ORDER BY key LIMIT 1) \
+         LIMIT 1"
+    };
+}
 macro_rules! code_columns {
     () => {
         "id, user_id, digest, scheme, created_at, created_by, expires_at, uses_remaining, \
@@ -817,15 +828,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn user_id_by_login_or_next(&mut self, key: &LoginKey) -> Result<Option<(UserId, bool)>> {
-        // Both arms walk the primary key in order (without ORDER BY, the planner may
-        // take the covering index on user_id instead); the second runs only past the
-        // last key.
-        let st = self.stmt(
-            "SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 ORDER BY key LIMIT 1)
-             UNION ALL
-             SELECT key, user_id FROM (SELECT key, user_id FROM logins ORDER BY key LIMIT 1)
-             LIMIT 1",
-        )?;
+        let st = self.stmt(login_seek!())?;
         let found = st
             .query_row([key.as_str()], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -868,12 +871,9 @@ impl Tx for SqliteTx<'_> {
         let st = self.stmt(concat!(
             "SELECT ",
             user_columns!(),
-            ", (SELECT count(*) FROM devices WHERE user_id = seek.user_id), seek.key = ?1
-             FROM (SELECT key, user_id FROM (SELECT key, user_id FROM logins WHERE key >= ?1 ORDER BY key LIMIT 1)
-                   UNION ALL
-                   SELECT key, user_id FROM (SELECT key, user_id FROM logins ORDER BY key LIMIT 1)
-                   LIMIT 1) AS seek
-             JOIN users ON users.id = seek.user_id"
+            ", (SELECT count(*) FROM devices WHERE user_id = seek.user_id), seek.key = ?1 FROM (",
+            login_seek!(),
+            ") AS seek JOIN users ON users.id = seek.user_id"
         ))?;
         Ok(st
             .query_row([key.as_str()], |r| {
