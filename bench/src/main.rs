@@ -3,12 +3,14 @@
 //! - `load`: drive any RADIUS server with PAP requests and report rate and latency;
 //! - `setup`: make benchmark users for sparekey-radiusd and FreeRADIUS;
 //! - `null-responder`: sparekey-radiusd's packet handling with no store (the ceiling);
+//!   with `--sync-log`, it also writes and syncs a file per batch (the durable ceiling);
 //! - `timing-setup`, `timing`: reject response times by case, with two-sample tests;
 //! - `pauses`: whether the machine itself stops (a spinning thread's gaps), with and
 //!   without a stream of syncs beside it.
 
 #![forbid(unsafe_code)]
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +97,13 @@ enum Command {
         secret: String,
         #[arg(long)]
         users: PathBuf,
+        /// Write --log-bytes per answer to this file and fdatasync it before each batch's
+        /// answers leave, as sparekey-radiusd syncs its store's log (a durable ceiling)
+        #[arg(long)]
+        sync_log: Option<PathBuf>,
+        /// Bytes written to --sync-log per answer
+        #[arg(long, default_value_t = 2048)]
+        log_bytes: usize,
     },
     /// Make users for `timing`: many per case (unknown, wrong code, disabled, locked out,
     /// not enrolled, bypass, valid), a store, and timing-users.csv
@@ -230,7 +239,9 @@ fn main() -> anyhow::Result<()> {
             listen,
             secret,
             users,
-        } => null_responder(listen, secret, users),
+            sync_log,
+            log_bytes,
+        } => null_responder(listen, secret, users, sync_log, log_bytes),
         Command::TimingSetup {
             dir,
             per_case,
@@ -328,8 +339,22 @@ fn timing(
     Ok(())
 }
 
-fn null_responder(listen: SocketAddr, secret: String, users: PathBuf) -> anyhow::Result<()> {
+fn null_responder(
+    listen: SocketAddr,
+    secret: String,
+    users: PathBuf,
+    sync_log: Option<PathBuf>,
+    log_bytes: usize,
+) -> anyhow::Result<()> {
     let users = radius_load::read_users(&users)?;
+    let verifier = match sync_log {
+        Some(path) => {
+            let log = sparekey_bench::null::SyncLog::create(&path, log_bytes)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            sparekey_bench::null::NullVerifier::with_log(&users, log)
+        }
+        None => sparekey_bench::null::NullVerifier::new(&users),
+    };
     let text = format!(
         "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n\
          [[radius.client]]\nname = \"bench\"\naddress = \"127.0.0.1\"\nsecret = \"{secret}\"\nrate_limit = 0\n"
@@ -342,7 +367,7 @@ fn null_responder(listen: SocketAddr, secret: String, users: PathBuf) -> anyhow:
         .build()?;
     rt.block_on(async {
         let socket = tokio::net::UdpSocket::from_std(sparekey_radiusd::server::bind(listen)?)?;
-        let verifier = Box::new(sparekey_bench::null::NullVerifier::new(&users));
+        let verifier = Box::new(verifier);
         let counters = Arc::new(sparekey_radiusd::server::Counters::default());
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
