@@ -6,7 +6,10 @@
 #       (synchronous = "full": one fsync per committed batch)
 #   null responder: sparekey-radiusd's packet handling with an in-memory map instead of
 #       a store (the ceiling)
-# Each server is driven in turn, A B C A B C..., ROUNDS times, closed loop at CONCURRENCY
+#   durable null: the null responder, also writing LOG_BYTES per answer to a file on the
+#       store's disk and syncing it before each batch's answers leave, as sparekey-radiusd
+#       syncs its log (the ceiling for anything that makes each answer durable here)
+# Each server is driven in turn, A B C D A B C D..., ROUNDS times, closed loop at CONCURRENCY
 # requests in flight, then open loop at half of sparekey-radiusd's median peak rate.
 #
 #   bench/radius-bench.sh                     USERS=10000 ROUNDS=3 DURATION=10 CONCURRENCY=256
@@ -24,6 +27,7 @@ CONCURRENCY=${CONCURRENCY:-256}
 SOCKETS=${SOCKETS:-4}
 WRONG=${WRONG:-0.1}
 COMMIT_INTERVAL_US=${COMMIT_INTERVAL_US:-}
+LOG_BYTES=${LOG_BYTES:-2048}
 command -v freeradius >/dev/null || { echo "radius-bench: install freeradius" >&2; exit 2; }
 
 cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench
@@ -34,7 +38,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 secret=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-port_sk=18201 port_fr=18202 port_null=18203
+port_sk=18201 port_fr=18202 port_null=18203 port_dnull=18204
 "$bin/sparekey-bench" setup --dir "$dir/sk" --users "$USERS" --listen "127.0.0.1:$port_sk" --secret "$secret" --synchronous full
 if [ -n "$COMMIT_INTERVAL_US" ]; then
     sed -i "s/^\[radius\]\$/[radius]\ncommit_interval_us = $COMMIT_INTERVAL_US/" "$dir/sk/sparekey.toml"
@@ -115,6 +119,8 @@ CONF
 freeradius -f -d "$dir/fr" -n radiusd >"$dir/fr.log" 2>&1 & pids+=($!)
 "$bin/sparekey-radiusd" --config "$dir/sk/sparekey.toml" --log-level warn >"$dir/sk.log" 2>&1 & pids+=($!)
 "$bin/sparekey-bench" null-responder --listen "127.0.0.1:$port_null" --secret "$secret" --users "$dir/sk/users.csv" >"$dir/null.log" 2>&1 & pids+=($!)
+"$bin/sparekey-bench" null-responder --listen "127.0.0.1:$port_dnull" --secret "$secret" --users "$dir/sk/users.csv" \
+    --sync-log "$dir/durable-null.log" --log-bytes "$LOG_BYTES" >"$dir/dnull.log" 2>&1 & pids+=($!)
 
 # A run with a lost or unexpected answer still prints its figures (and exits 1): it is
 # kept, and the table says "NO" for that server, instead of ending the whole run.
@@ -125,7 +131,7 @@ load() { # name port extra-args...
         | sed "s/^/{\"server\":\"$name\",\"args\":\"$*\",\"r\":/; s/\$/}/"
 }
 # Wait (bounded) until each answers.
-for port in $port_fr $port_sk $port_null; do
+for port in $port_fr $port_sk $port_null $port_dnull; do
     lenient=; [ "$port" = "$port_fr" ] && lenient=--lenient-replies
     for _ in $(seq 50); do
         "$bin/sparekey-bench" load --server "127.0.0.1:$port" --secret "$secret" --users "$dir/sk/users.csv" \
@@ -139,6 +145,7 @@ for r in $(seq "$ROUNDS"); do
     load freeradius "$port_fr" --concurrency "$CONCURRENCY" --lenient-replies >>"$results"
     load sparekey "$port_sk" --concurrency "$CONCURRENCY" >>"$results"
     load null "$port_null" --concurrency "$CONCURRENCY" >>"$results"
+    load durable-null "$port_dnull" --concurrency "$CONCURRENCY" >>"$results"
 done
 peak=$(python3 -c '
 import json,sys,statistics
@@ -150,6 +157,7 @@ for r in $(seq "$ROUNDS"); do
     load freeradius "$port_fr" --rate "$half" --lenient-replies >>"$results"
     load sparekey "$port_sk" --rate "$half" >>"$results"
     load null "$port_null" --rate "$half" >>"$results"
+    load durable-null "$port_dnull" --rate "$half" >>"$results"
 done
 
 python3 - "$results" <<'PY'
@@ -158,7 +166,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 def table(kind):
     sel = [r for r in rows if r["args"].startswith(kind)]
     out = {}
-    for name in ("freeradius", "sparekey", "null"):
+    for name in ("freeradius", "sparekey", "null", "durable-null"):
         rs = [r["r"] for r in sel if r["server"] == name]
         if not rs:
             continue
@@ -179,4 +187,6 @@ if {"freeradius", "sparekey", "null"} <= closed.keys():
     print()
     print(f"sparekey / FreeRADIUS = {closed['sparekey'] / closed['freeradius']:.2f}; "
           f"null / sparekey = {closed['null'] / closed['sparekey']:.2f}")
+if {"sparekey", "durable-null"} <= closed.keys():
+    print(f"durable null / sparekey = {closed['durable-null'] / closed['sparekey']:.2f}")
 PY

@@ -104,6 +104,9 @@ enum Command {
         /// Bytes written to --sync-log per answer
         #[arg(long, default_value_t = 2048)]
         log_bytes: usize,
+        /// The writer's [radius] commit_interval_us (sparekey-radiusd's default if not given)
+        #[arg(long)]
+        commit_interval_us: Option<u64>,
     },
     /// Make users for `timing`: many per case (unknown, wrong code, disabled, locked out,
     /// not enrolled, bypass, valid), a store, and timing-users.csv
@@ -241,7 +244,8 @@ fn main() -> anyhow::Result<()> {
             users,
             sync_log,
             log_bytes,
-        } => null_responder(listen, secret, users, sync_log, log_bytes),
+            commit_interval_us,
+        } => null_responder(listen, secret, users, sync_log, log_bytes, commit_interval_us),
         Command::TimingSetup {
             dir,
             per_case,
@@ -345,6 +349,7 @@ fn null_responder(
     users: PathBuf,
     sync_log: Option<PathBuf>,
     log_bytes: usize,
+    commit_interval_us: Option<u64>,
 ) -> anyhow::Result<()> {
     let users = radius_load::read_users(&users)?;
     let verifier = match sync_log {
@@ -355,8 +360,9 @@ fn null_responder(
         }
         None => sparekey_bench::null::NullVerifier::new(&users),
     };
+    let interval = commit_interval_us.map_or(String::new(), |us| format!("commit_interval_us = {us}\n"));
     let text = format!(
-        "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n\
+        "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n{interval}\
          [[radius.client]]\nname = \"bench\"\naddress = \"127.0.0.1\"\nsecret = \"{secret}\"\nrate_limit = 0\n"
     );
     let config = sparekey::Config::parse(&text, std::path::Path::new("/null-responder.toml"))?;
