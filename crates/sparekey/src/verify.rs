@@ -133,14 +133,14 @@ pub(crate) fn verify_in(
     };
     // For a login that names no one, the rows read are another user's (or none): read
     // for their cost only, and never matched against (the digest is the stand-in's).
-    let (found, devices, codes) = match seek {
+    let (found, enrolled, codes) = match seek {
         Some(s) => {
             let codes = tx.codes(&s.user.id)?;
-            (Some(s.user).filter(|_| s.exact), s.devices, codes)
+            (Some(s.user).filter(|_| s.exact), s.enrolled, codes)
         }
         None => {
             let (found, devices) = tx.user_and_device_count(&no_user)?;
-            (found, devices, tx.codes(&no_user)?)
+            (found, devices > 0, tx.codes(&no_user)?)
         }
     };
     let subject = found.as_ref().map_or(&no_user, |u| &u.id).clone();
@@ -151,7 +151,6 @@ pub(crate) fn verify_in(
         .as_ref()
         .map_or(passcode.as_bytes(), |p| p.expose().as_bytes());
     let digest = env.key.digest(&subject, digest_input);
-    let enrolled = devices > 0;
     let matched = compare(&codes, &digest).filter(|_| parsed.is_some() && found.is_some());
 
     let Some(mut user) = found.filter(|u| u.trashed_at.is_none()) else {

@@ -111,8 +111,8 @@ pub struct Seek {
     pub user: User,
     /// Whether the key is one of the user's own.
     pub exact: bool,
-    /// How many devices the user has.
-    pub devices: u64,
+    /// Whether the user has a device (is enrolled).
+    pub enrolled: bool,
 }
 
 /// One transaction. Dropping it without [`Tx::commit`] rolls it back.
@@ -162,7 +162,7 @@ pub trait Tx {
         Ok(user.map(|user| Seek {
             user,
             exact,
-            devices,
+            enrolled: devices > 0,
         }))
     }
     /// Locks, in one fixed order, the users these login keys belong to (unknown keys are

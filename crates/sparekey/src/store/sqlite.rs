@@ -871,7 +871,7 @@ impl Tx for SqliteTx<'_> {
         let st = self.stmt(concat!(
             "SELECT ",
             user_columns!(),
-            ", (SELECT count(*) FROM devices WHERE user_id = seek.user_id), seek.key = ?1 FROM (",
+            ", EXISTS (SELECT 1 FROM devices WHERE user_id = seek.user_id), seek.key = ?1 FROM (",
             login_seek!(),
             ") AS seek JOIN users ON users.id = seek.user_id"
         ))?;
@@ -879,7 +879,7 @@ impl Tx for SqliteTx<'_> {
             .query_row([key.as_str()], |r| {
                 Ok(Seek {
                     user: user_row(r)?,
-                    devices: r.get::<_, i64>(USER_COLUMNS)?.max(0) as u64,
+                    enrolled: r.get(USER_COLUMNS)?,
                     exact: r.get(USER_COLUMNS + 1)?,
                 })
             })
@@ -1382,7 +1382,7 @@ mod tests {
     }
 
     /// The one statement of `seek_user` answers as the seek and the read it joins do one
-    /// after the other: the user, their device count and whether the key was theirs.
+    /// after the other: the user, whether they have a device and whether the key was theirs.
     #[test]
     fn a_seek_and_the_user_it_finds_come_in_one_read() {
         let clock = ManualClock::at(T0);
@@ -1395,17 +1395,17 @@ mod tests {
         }
         add_users_and_phones(&mut store, &ctx, &["b", "d"], "d", 2);
         let mut tx = store.backend.begin().unwrap();
-        for (k, name, exact, devices) in [
-            ("a", "b", false, 0),
-            ("b", "b", true, 0),
-            ("c", "d", false, 2),
-            ("d", "d", true, 2),
-            ("e", "b", false, 0),
+        for (k, name, exact, enrolled) in [
+            ("a", "b", false, false),
+            ("b", "b", true, false),
+            ("c", "d", false, true),
+            ("d", "d", true, true),
+            ("e", "b", false, false),
         ] {
             let seek = tx.seek_user(&key(k)).unwrap().unwrap();
             assert_eq!(
-                (seek.user.username.as_str(), seek.exact, seek.devices),
-                (name, exact, devices),
+                (seek.user.username.as_str(), seek.exact, seek.enrolled),
+                (name, exact, enrolled),
                 "{k}"
             );
             let (id, _) = tx.user_id_by_login_or_next(&key(k)).unwrap().unwrap();
