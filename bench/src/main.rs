@@ -245,7 +245,14 @@ fn main() -> anyhow::Result<()> {
             sync_log,
             log_bytes,
             commit_interval_us,
-        } => null_responder(listen, secret, users, sync_log, log_bytes, commit_interval_us),
+        } => null_responder(
+            listen,
+            secret,
+            users,
+            sync_log,
+            log_bytes,
+            commit_interval_us,
+        ),
         Command::TimingSetup {
             dir,
             per_case,
@@ -360,7 +367,8 @@ fn null_responder(
         }
         None => sparekey_bench::null::NullVerifier::new(&users),
     };
-    let interval = commit_interval_us.map_or(String::new(), |us| format!("commit_interval_us = {us}\n"));
+    let interval =
+        commit_interval_us.map_or(String::new(), |us| format!("commit_interval_us = {us}\n"));
     let text = format!(
         "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n{interval}\
          [[radius.client]]\nname = \"bench\"\naddress = \"127.0.0.1\"\nsecret = \"{secret}\"\nrate_limit = 0\n"

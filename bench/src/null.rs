@@ -66,7 +66,8 @@ impl SyncLog {
         }
         // Not zeros: a file system may treat a block of zeros differently.
         self.buf.clear();
-        self.buf.extend((0..len).map(|i| (i as u64 ^ self.at) as u8 | 1));
+        self.buf
+            .extend((0..len).map(|i| (i as u64 ^ self.at) as u8 | 1));
         self.file.0.write_all_at(&self.buf, self.at)?;
         self.at += len as u64;
         Ok(())

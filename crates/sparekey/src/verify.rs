@@ -108,11 +108,12 @@ const COMPARE_FLOOR: usize = crate::store::MAX_CODES_PER_CALL;
 /// masked out.
 const STAND_IN_DIGEST: [u8; 32] = [0; 32];
 
-/// Decides and records one attempt inside `tx` (which the caller commits).
+/// Decides and records one attempt inside `tx` (which the caller commits). `key` is
+/// `login`'s [`LoginKey`] (`None` where it can be none), made once by the caller.
 ///
 /// Every refusal costs the same work as a wrong code, so that its time tells an observer
-/// nothing about the account: one login lookup, one user read, one digest, the device
-/// count, the codes and at least [`COMPARE_FLOOR`] constant-time comparisons, one write
+/// nothing about the account: one login lookup, one user read, one digest, whether the
+/// user has a device, the codes and at least [`COMPARE_FLOOR`] constant-time comparisons, one write
 /// (a known user's failure counter, or [`Tx::count_unknown_attempt`] for a login that
 /// names no one), and the audit event with the true reason. For a login that names no
 /// one, the rows read are those of the user whose login comes next where the backend
@@ -123,12 +124,13 @@ pub(crate) fn verify_in(
     tx: &mut dyn Tx,
     env: &Env<'_>,
     login: &str,
+    key: Option<&LoginKey>,
     passcode: &str,
     ctx: &Context,
 ) -> Result<Verdict> {
     let no_user = UserId::from_string(NO_USER);
-    let seek = match LoginKey::from_login(login, env.normalization()) {
-        Some(key) => tx.seek_user(&key)?,
+    let seek = match key {
+        Some(key) => tx.seek_user(key)?,
         None => None,
     };
     // For a login that names no one, the rows read are another user's (or none): read
@@ -533,7 +535,7 @@ mod tests {
             fn rollback_savepoint(&mut self) -> Result<()>;
             fn user_id_by_login(&mut self, key: &LoginKey) -> Result<Option<UserId>>;
             fn user(&mut self, id: &UserId) -> Result<Option<User>>;
-            fn lock_users(&mut self, keys: &[LoginKey]) -> Result<()>;
+            fn lock_users(&mut self, keys: &[Option<LoginKey>]) -> Result<()>;
             fn insert_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
             fn update_user(&mut self, user: &User, keys: &[LoginKey]) -> Result<()>;
             fn update_user_state(&mut self, user: &User) -> Result<()>;

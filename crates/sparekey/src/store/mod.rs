@@ -165,10 +165,11 @@ pub trait Tx {
             enrolled: devices > 0,
         }))
     }
-    /// Locks, in one fixed order, the users these login keys belong to (unknown keys are
-    /// skipped), so that a batch that then reads them one by one cannot deadlock with
-    /// another. A no-op where writers are serialised anyway (SQLite).
-    fn lock_users(&mut self, keys: &[LoginKey]) -> Result<()> {
+    /// Locks, in one fixed order, the users these login keys belong to (unknown keys and
+    /// `None`, a login that can be no key, are skipped), so that a batch that then reads
+    /// them one by one cannot deadlock with another. A no-op where writers are serialised
+    /// anyway (SQLite).
+    fn lock_users(&mut self, keys: &[Option<LoginKey>]) -> Result<()> {
         let _ = keys;
         Ok(())
     }
@@ -613,9 +614,10 @@ impl Store {
             policy: &self.policy,
             now: self.clock.now(),
         };
-        let keys: Vec<LoginKey> = attempts
+        // Each login's key, made once for the locks and the verification.
+        let keys: Vec<Option<LoginKey>> = attempts
             .iter()
-            .filter_map(|a| LoginKey::from_login(a.login, env.normalization()))
+            .map(|a| LoginKey::from_login(a.login, env.normalization()))
             .collect();
         // Nearly every batch fails nowhere: run it without a savepoint per attempt (two
         // statements each, and a copy of every page an attempt first changes). If an
@@ -626,8 +628,8 @@ impl Store {
             let mut tx = self.backend.begin()?;
             tx.lock_users(&keys)?;
             let mut out = Vec::with_capacity(attempts.len());
-            for a in attempts {
-                match verify::verify_in(&mut *tx, &env, a.login, a.passcode, a.ctx) {
+            for (a, key) in attempts.iter().zip(&keys) {
+                match verify::verify_in(&mut *tx, &env, a.login, key.as_ref(), a.passcode, a.ctx) {
                     Ok(v) => out.push(Ok(v)),
                     Err(_) => break,
                 }
@@ -641,9 +643,9 @@ impl Store {
         let mut tx = self.backend.begin()?;
         tx.lock_users(&keys)?;
         let mut out = Vec::with_capacity(attempts.len());
-        for a in attempts {
+        for (a, key) in attempts.iter().zip(&keys) {
             tx.savepoint()?;
-            match verify::verify_in(&mut *tx, &env, a.login, a.passcode, a.ctx) {
+            match verify::verify_in(&mut *tx, &env, a.login, key.as_ref(), a.passcode, a.ctx) {
                 Ok(v) => {
                     tx.release_savepoint()?;
                     out.push(Ok(v));
@@ -870,7 +872,8 @@ impl Batch<'_> {
 
     /// See [`Store::verify`].
     pub fn verify(&mut self, login: &str, passcode: &str) -> Result<Verdict> {
-        verify::verify_in(self.tx, self.env, login, passcode, self.ctx)
+        let key = LoginKey::from_login(login, self.env.normalization());
+        verify::verify_in(self.tx, self.env, login, key.as_ref(), passcode, self.ctx)
     }
 
     /// Finds a user by username, alias or id, trashed users included.

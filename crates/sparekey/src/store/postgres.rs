@@ -1019,9 +1019,10 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
-    fn lock_users(&mut self, keys: &[LoginKey]) -> Result<()> {
+    fn lock_users(&mut self, keys: &[Option<LoginKey>]) -> Result<()> {
         let keys: Vec<&str> = keys
             .iter()
+            .flatten()
             .map(LoginKey::as_str)
             .filter(|k| !k.contains('\0'))
             .collect();
