@@ -114,6 +114,19 @@ fn the_generator_drives_sparekey_radiusd_and_every_answer_is_as_expected() {
             + counters.rejects.load(std::sync::atomic::Ordering::SeqCst),
         400
     );
+
+    // The durable null: the same answers, and every one's bytes in its log.
+    let log = dir.path().join("durable-null.log");
+    let durable = sparekey_bench::null::SyncLog::create(&log, 100).unwrap();
+    let null = sparekey_bench::null::NullVerifier::with_log(&users, durable);
+    let counters = serve(Box::new(null), &config, |addr| {
+        let r = load(addr, users.clone(), Mode::Closed { concurrency: 32 });
+        assert!(r.all_as_expected(), "{}", r.summary());
+    });
+    let answered = counters.accepts.load(std::sync::atomic::Ordering::SeqCst)
+        + counters.rejects.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(answered, 400);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 100 * 400);
     // The generator's inputs hold the codes by design; the rest must not.
     hygiene::keep_except(dir.path(), &["users.csv", "freeradius-users"]);
 }
