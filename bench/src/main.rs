@@ -29,6 +29,26 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args, Debug)]
+struct NullArgs {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    secret: String,
+    #[arg(long)]
+    users: PathBuf,
+    /// Write --log-bytes per answer to this file and fdatasync it before each batch's
+    /// answers leave, as sparekey-radiusd syncs its store's log (a durable ceiling)
+    #[arg(long)]
+    sync_log: Option<PathBuf>,
+    /// Bytes written to --sync-log per answer
+    #[arg(long, default_value_t = 2048)]
+    log_bytes: usize,
+    /// The writer's [radius] commit_interval_us (sparekey-radiusd's default if not given)
+    #[arg(long)]
+    commit_interval_us: Option<u64>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Send PAP Access-Requests and report rate, latency and answers
@@ -90,24 +110,7 @@ enum Command {
         synchronous: String,
     },
     /// Answer like sparekey-radiusd, from users.csv held in memory, with no store
-    NullResponder {
-        #[arg(long)]
-        listen: SocketAddr,
-        #[arg(long)]
-        secret: String,
-        #[arg(long)]
-        users: PathBuf,
-        /// Write --log-bytes per answer to this file and fdatasync it before each batch's
-        /// answers leave, as sparekey-radiusd syncs its store's log (a durable ceiling)
-        #[arg(long)]
-        sync_log: Option<PathBuf>,
-        /// Bytes written to --sync-log per answer
-        #[arg(long, default_value_t = 2048)]
-        log_bytes: usize,
-        /// The writer's [radius] commit_interval_us (sparekey-radiusd's default if not given)
-        #[arg(long)]
-        commit_interval_us: Option<u64>,
-    },
+    NullResponder(NullArgs),
     /// Make users for `timing`: many per case (unknown, wrong code, disabled, locked out,
     /// not enrolled, bypass, valid), a store, and timing-users.csv
     TimingSetup {
@@ -238,21 +241,7 @@ fn main() -> anyhow::Result<()> {
             secret,
             synchronous,
         } => sparekey_bench::setup::make(&dir, users, &listen, &secret, &synchronous),
-        Command::NullResponder {
-            listen,
-            secret,
-            users,
-            sync_log,
-            log_bytes,
-            commit_interval_us,
-        } => null_responder(
-            listen,
-            secret,
-            users,
-            sync_log,
-            log_bytes,
-            commit_interval_us,
-        ),
+        Command::NullResponder(args) => null_responder(args),
         Command::TimingSetup {
             dir,
             per_case,
@@ -350,14 +339,15 @@ fn timing(
     Ok(())
 }
 
-fn null_responder(
-    listen: SocketAddr,
-    secret: String,
-    users: PathBuf,
-    sync_log: Option<PathBuf>,
-    log_bytes: usize,
-    commit_interval_us: Option<u64>,
-) -> anyhow::Result<()> {
+fn null_responder(args: NullArgs) -> anyhow::Result<()> {
+    let NullArgs {
+        listen,
+        secret,
+        users,
+        sync_log,
+        log_bytes,
+        commit_interval_us,
+    } = args;
     let users = radius_load::read_users(&users)?;
     let verifier = match sync_log {
         Some(path) => {
