@@ -113,13 +113,13 @@ const STAND_IN_DIGEST: [u8; 32] = [0; 32];
 ///
 /// Every refusal costs the same work as a wrong code, so that its time tells an observer
 /// nothing about the account: one login lookup, one user read, one digest, whether the
-/// user has a device, the codes and at least [`COMPARE_FLOOR`] constant-time comparisons, one write
-/// (a known user's failure counter, or [`Tx::count_unknown_attempt`] for a login that
-/// names no one), and the audit event with the true reason. For a login that names no
-/// one, the rows read are those of the user whose login comes next where the backend
-/// offers one ([`Tx::user_id_by_login_or_next`]): as cold in the cache as a known user's,
-/// where a stand-in's would always be warm (that alone made unknown logins 5 to 11 us
-/// faster).
+/// user has a device, the codes and at least [`COMPARE_FLOOR`] constant-time
+/// comparisons, one write (a known user's failure counter, or
+/// [`Tx::count_unknown_attempt`] for a login that names no one), and the audit event with
+/// the true reason. For a login that names no one, the rows read are those of the user
+/// whose login comes next where the backend offers one
+/// ([`Tx::user_id_by_login_or_next`]): as cold in the cache as a known user's, where a
+/// stand-in's would always be warm (that alone made unknown logins 5 to 11 us faster).
 pub(crate) fn verify_in(
     tx: &mut dyn Tx,
     env: &Env<'_>,
