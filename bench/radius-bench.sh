@@ -15,6 +15,8 @@
 #   bench/radius-bench.sh                     USERS=10000 ROUNDS=3 DURATION=10 CONCURRENCY=256
 #   ROUNDS=5 DURATION=20 bench/radius-bench.sh
 #   COMMIT_INTERVAL_US=0 bench/radius-bench.sh  sparekey-radiusd's [radius] commit_interval_us
+#   WRITER_NICE=0 bench/radius-bench.sh         [radius] writer_nice of sparekey-radiusd and both
+#                                               nulls (default -5; below 0 needs root or CAP_SYS_NICE)
 #
 # Needs the Debian packages freeradius and freeradius-utils. Leaves nothing behind.
 set -euo pipefail
@@ -27,6 +29,7 @@ CONCURRENCY=${CONCURRENCY:-256}
 SOCKETS=${SOCKETS:-4}
 WRONG=${WRONG:-0.1}
 COMMIT_INTERVAL_US=${COMMIT_INTERVAL_US:-}
+WRITER_NICE=${WRITER_NICE:--5}
 LOG_BYTES=${LOG_BYTES:-2048}
 command -v freeradius >/dev/null || { echo "radius-bench: install freeradius" >&2; exit 2; }
 
@@ -43,6 +46,7 @@ port_sk=18201 port_fr=18202 port_null=18203 port_dnull=18204
 if [ -n "$COMMIT_INTERVAL_US" ]; then
     sed -i "s/^\[radius\]\$/[radius]\ncommit_interval_us = $COMMIT_INTERVAL_US/" "$dir/sk/sparekey.toml"
 fi
+sed -i "s/^\[radius\]\$/[radius]\nwriter_nice = $WRITER_NICE/" "$dir/sk/sparekey.toml"
 
 # FreeRADIUS: a self-contained config in $dir/fr.
 mkdir -p "$dir/fr"
@@ -118,9 +122,11 @@ CONF
 
 freeradius -f -d "$dir/fr" -n radiusd >"$dir/fr.log" 2>&1 & pids+=($!)
 "$bin/sparekey-radiusd" --config "$dir/sk/sparekey.toml" --log-level warn >"$dir/sk.log" 2>&1 & pids+=($!)
-"$bin/sparekey-bench" null-responder --listen "127.0.0.1:$port_null" --secret "$secret" --users "$dir/sk/users.csv" >"$dir/null.log" 2>&1 & pids+=($!)
+"$bin/sparekey-bench" null-responder --listen "127.0.0.1:$port_null" --secret "$secret" --users "$dir/sk/users.csv" \
+    --writer-nice "$WRITER_NICE" >"$dir/null.log" 2>&1 & pids+=($!)
 "$bin/sparekey-bench" null-responder --listen "127.0.0.1:$port_dnull" --secret "$secret" --users "$dir/sk/users.csv" \
-    --sync-log "$dir/durable-null.log" --log-bytes "$LOG_BYTES" >"$dir/dnull.log" 2>&1 & pids+=($!)
+    --sync-log "$dir/durable-null.log" --log-bytes "$LOG_BYTES" --writer-nice "$WRITER_NICE" \
+    >"$dir/dnull.log" 2>&1 & pids+=($!)
 
 # A run with a lost or unexpected answer still prints its figures (and exits 1): it is
 # kept, and the table says "NO" for that server, instead of ending the whole run.

@@ -12,6 +12,7 @@
 #   bench/rate-sweep.sh        RATES="1000 3000 6000 12000" INTERVALS="0 1000 2000" ROUNDS=2
 #   RATES=6000 INTERVALS="0 1000" ROUNDS=1 DURATION=5 bench/rate-sweep.sh
 #   SERVERS="sparekey durable-null" INTERVALS=1000 RATES="6000 12000 18000" bench/rate-sweep.sh
+#   WRITER_NICE=0 bench/rate-sweep.sh   [radius] writer_nice of both servers (default -5; needs root)
 #
 # Prints one line per run: server, rate, interval, then the generator's summary (p50,
 # p99, ...).
@@ -26,6 +27,7 @@ DURATION=${DURATION:-8}
 USERS=${USERS:-10000}
 SERVERS=${SERVERS:-sparekey}
 LOG_BYTES=${LOG_BYTES:-2048}
+WRITER_NICE=${WRITER_NICE:--5}
 PORT=${PORT:-18204}
 
 cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench
@@ -50,7 +52,8 @@ for _ in $(seq "$ROUNDS"); do
             rm -rf "$dir/sk"
             "$bin/sparekey-bench" setup --dir "$dir/sk" --users "$USERS" \
                 --listen "127.0.0.1:$PORT" --secret "$secret" --synchronous full >/dev/null
-            sed -i "s/^\[radius\]\$/[radius]\ncommit_interval_us = $interval/" "$dir/sk/sparekey.toml"
+            sed -i "s/^\[radius\]\$/[radius]\ncommit_interval_us = $interval\nwriter_nice = $WRITER_NICE/" \
+                "$dir/sk/sparekey.toml"
             case $server in
                 sparekey)
                     "$bin/sparekey-radiusd" --config "$dir/sk/sparekey.toml" --log-level warn \
@@ -58,7 +61,8 @@ for _ in $(seq "$ROUNDS"); do
                 durable-null)
                     "$bin/sparekey-bench" null-responder --listen "127.0.0.1:$PORT" --secret "$secret" \
                         --users "$dir/sk/users.csv" --sync-log "$dir/sk/durable-null.log" \
-                        --log-bytes "$LOG_BYTES" --commit-interval-us "$interval" >"$dir/sk.log" 2>&1 & ;;
+                        --log-bytes "$LOG_BYTES" --commit-interval-us "$interval" \
+                        --writer-nice "$WRITER_NICE" >"$dir/sk.log" 2>&1 & ;;
                 *) echo "rate-sweep: no server $server" >&2; exit 2 ;;
             esac
             pid=$!

@@ -47,6 +47,9 @@ struct NullArgs {
     /// The writer's [radius] commit_interval_us (sparekey-radiusd's default if not given)
     #[arg(long)]
     commit_interval_us: Option<u64>,
+    /// The writer's [radius] writer_nice (sparekey-radiusd's default, 0, if not given)
+    #[arg(long, allow_negative_numbers = true)]
+    writer_nice: Option<i32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -347,6 +350,7 @@ fn null_responder(args: NullArgs) -> anyhow::Result<()> {
         sync_log,
         log_bytes,
         commit_interval_us,
+        writer_nice,
     } = args;
     let users = radius_load::read_users(&users)?;
     let verifier = match sync_log {
@@ -359,8 +363,9 @@ fn null_responder(args: NullArgs) -> anyhow::Result<()> {
     };
     let interval =
         commit_interval_us.map_or(String::new(), |us| format!("commit_interval_us = {us}\n"));
+    let nice = writer_nice.map_or(String::new(), |n| format!("writer_nice = {n}\n"));
     let text = format!(
-        "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n{interval}\
+        "[store]\npath = \"unused\"\nkey_file = \"unused\"\n[radius]\nlisten = [\"{listen}\"]\n{interval}{nice}\
          [[radius.client]]\nname = \"bench\"\naddress = \"127.0.0.1\"\nsecret = \"{secret}\"\nrate_limit = 0\n"
     );
     let config = sparekey::Config::parse(&text, std::path::Path::new("/null-responder.toml"))?;

@@ -39,6 +39,8 @@ struct RawSection {
     max_batch: usize,
     #[serde(default = "default_commit_interval_us")]
     commit_interval_us: u64,
+    #[serde(default)]
+    writer_nice: i32,
     #[serde(default, rename = "client")]
     clients: Vec<RawClient>,
 }
@@ -199,6 +201,9 @@ pub struct RadiusConfig {
     /// Under load, the least time from one batch's start to the next's (see
     /// [`crate::writer`]); zero starts each batch as soon as the last is done.
     pub commit_interval: std::time::Duration,
+    /// The nice value of the store writer and its sync thread, from -20 (first) to 19;
+    /// 0 leaves them at the process's (see [`crate::writer::Batching::nice`]).
+    pub writer_nice: i32,
     /// The clients.
     pub clients: Vec<ClientConfig>,
     /// Things worth a warning that are not errors (short secrets).
@@ -238,6 +243,9 @@ impl RadiusConfig {
             return Err(err(format!(
                 "radius.commit_interval_us: must be 0 to {MAX_COMMIT_INTERVAL_US}"
             )));
+        }
+        if !(-20..=19).contains(&raw.writer_nice) {
+            return Err(err("radius.writer_nice: must be -20 to 19".into()));
         }
         let base = config.file.parent().unwrap_or(Path::new("."));
         let mut clients = Vec::new();
@@ -284,6 +292,7 @@ impl RadiusConfig {
             max_in_flight: raw.max_in_flight,
             max_batch: raw.max_batch,
             commit_interval: std::time::Duration::from_micros(raw.commit_interval_us),
+            writer_nice: raw.writer_nice,
             clients,
             warnings,
         })
@@ -404,6 +413,10 @@ mod tests {
         assert_eq!(c.bypass_status, BypassStatus::Allow);
         assert_eq!(c.clients.len(), 2);
         assert_eq!(c.commit_interval, std::time::Duration::from_millis(1));
+        assert_eq!(
+            c.writer_nice, 0,
+            "the writer keeps the process's priority by default"
+        );
         assert!(c.clients[0].require_message_authenticator);
         assert_eq!(c.clients[0].rate_limit, 2000);
         assert!(!c.clients[1].require_message_authenticator);
@@ -412,6 +425,16 @@ mod tests {
             !format!("{c:?}").contains("0123456789abcdef"),
             "secrets never print"
         );
+    }
+
+    #[test]
+    fn the_writer_nice_is_read() {
+        let c = parse(
+            "[radius]\nlisten = [\"127.0.0.1:1812\"]\nwriter_nice = -5\n\
+             [[radius.client]]\nname = \"vpn\"\naddress = \"10.0.0.1\"\nsecret = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.writer_nice, -5);
     }
 
     #[test]
@@ -460,6 +483,14 @@ mod tests {
                     "[radius]\nlisten = [\"127.0.0.1:1812\"]\ncommit_interval_us = -1\n{client}"
                 ),
                 "commit_interval_us",
+            ),
+            (
+                &format!("[radius]\nlisten = [\"127.0.0.1:1812\"]\nwriter_nice = -21\n{client}"),
+                "radius.writer_nice: must be -20 to 19",
+            ),
+            (
+                &format!("[radius]\nlisten = [\"127.0.0.1:1812\"]\nwriter_nice = 20\n{client}"),
+                "radius.writer_nice: must be -20 to 19",
             ),
         ] {
             let e = parse(section).unwrap_err();

@@ -362,6 +362,7 @@ pub async fn run(
         capacity: config.max_in_flight,
         max_batch: config.max_batch,
         commit_interval: config.commit_interval,
+        nice: config.writer_nice,
     };
     let (queue, writer) = writer::spawn(store, batching, move |batch| {
         // The receiver lives until the writer has ended; a send cannot fail before.

@@ -17,6 +17,11 @@
 //! waits, so light load is answered as soon as it is synced. Measured on a virtual machine
 //! whose host charges each sync to the guest's CPU quota, this took the p99 at 6,000
 //! requests/s from 16 ms to under 4 ms (BENCHMARKS.md).
+//!
+//! The writer is the one serial stage: every request of a batch waits while it waits for
+//! a CPU. On a busy host it can be given a lower nice value than the network threads
+//! ([`Batching::nice`], `[radius] writer_nice`), with its sync thread, so that it is not
+//! queued behind them and other processes (BENCHMARKS.md measures the effect).
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -122,6 +127,25 @@ pub struct Batching {
     /// The least time from one batch's start to the next's (see the module's
     /// documentation).
     pub commit_interval: Duration,
+    /// The nice value the writer and its sync thread take when they start; 0 leaves
+    /// them at the process's. Below the process's needs `CAP_SYS_NICE` or an
+    /// `RLIMIT_NICE` that allows it; if refused, a warning is logged and they run as
+    /// they are.
+    pub nice: i32,
+}
+
+/// Gives the calling thread the nice value `nice` (0: leaves it alone). A refusal costs
+/// speed, not correctness: it is logged and the thread goes on.
+fn take_nice(nice: i32, thread: &str) {
+    if nice == 0 {
+        return;
+    }
+    // On Linux the priority is per thread, and a thread id names one.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        log::warn!(
+            "the {thread} cannot take nice {nice} ([radius] writer_nice): {e}; it runs at the process's priority"
+        );
+    }
 }
 
 /// Starts the writer thread. `done` receives each batch's answers once the batch has
@@ -196,6 +220,7 @@ fn run<T: Send + 'static>(
     batching: Batching,
     done: impl FnMut(Done<T>) + Send + 'static,
 ) {
+    take_nice(batching.nice, "store writer");
     let max_batch = batching.max_batch;
     let synced = Arc::new(Synced::default());
     // At most one committed batch waits here while another is synced; past that the
@@ -203,9 +228,13 @@ fn run<T: Send + 'static>(
     let (to_syncer, committed) = sync_channel(1);
     let syncer = {
         let synced = synced.clone();
+        let nice = batching.nice;
         std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn(move || answer_when_durable(committed, &synced, done))
+            .spawn(move || {
+                take_nice(nice, "store sync thread");
+                answer_when_durable(committed, &synced, done)
+            })
     };
     let syncer = match syncer {
         Ok(handle) => handle,
@@ -330,17 +359,29 @@ mod tests {
     /// A bound on every wait, so that a missing answer fails the test instead of hanging.
     const BOUND: Duration = Duration::from_secs(20);
 
+    /// Each thread that verified or synced, with its nice value then.
+    type Nices = Arc<Mutex<Vec<(String, i32)>>>;
+
+    /// Records the calling thread's name and nice value in `nices`; returns the name.
+    fn note_thread(nices: &Nices) -> String {
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
+        let nice = rustix::process::getpriority_process(None).unwrap();
+        nices.lock().unwrap().push((thread.clone(), nice));
+        thread
+    }
+
     /// A log whose sync says where it runs (the thread's name) and that it started, then
     /// waits to be let go (or fails).
     #[derive(Debug)]
     struct Log {
         started: Mutex<Sender<String>>,
         release: Mutex<Receiver<Result<(), String>>>,
+        nices: Nices,
     }
 
     impl Durable for Log {
         fn sync(&self) -> Result<(), String> {
-            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            let thread = note_thread(&self.nices);
             self.started.lock().unwrap().send(thread).unwrap();
             self.release.lock().unwrap().recv_timeout(BOUND).unwrap()
         }
@@ -352,6 +393,7 @@ mod tests {
         log: Option<Arc<Log>>,
         events: Arc<Mutex<Vec<String>>>,
         began: Arc<Mutex<Vec<Instant>>>,
+        nices: Nices,
         batches: u32,
     }
 
@@ -362,6 +404,7 @@ mod tests {
             before_commit: &mut dyn FnMut(),
         ) -> sparekey::Result<Vec<sparekey::Result<Verdict>>> {
             self.began.lock().unwrap().push(Instant::now());
+            note_thread(&self.nices);
             self.batches += 1;
             let n = self.batches;
             before_commit();
@@ -390,6 +433,7 @@ mod tests {
         release: Sender<Result<(), String>>,
         events: Arc<Mutex<Vec<String>>>,
         began: Arc<Mutex<Vec<Instant>>>,
+        nices: Nices,
         writer: JoinHandle<()>,
     }
 
@@ -401,11 +445,23 @@ mod tests {
         }
 
         fn paced(max_batch: usize, durable_on_commit: bool, commit_interval: Duration) -> Harness {
+            let batching = Batching {
+                capacity: 16,
+                max_batch,
+                commit_interval,
+                nice: 0,
+            };
+            Harness::with(batching, durable_on_commit)
+        }
+
+        fn with(batching: Batching, durable_on_commit: bool) -> Harness {
             let (started_tx, started) = channel();
             let (release, release_rx) = channel();
+            let nices = Nices::default();
             let log = Arc::new(Log {
                 started: Mutex::new(started_tx),
                 release: Mutex::new(release_rx),
+                nices: nices.clone(),
             });
             let events = Arc::new(Mutex::new(Vec::new()));
             let began = Arc::new(Mutex::new(Vec::new()));
@@ -413,14 +469,10 @@ mod tests {
                 log: (!durable_on_commit).then_some(log),
                 events: events.clone(),
                 began: began.clone(),
+                nices: nices.clone(),
                 batches: 0,
             });
             let (answers_tx, answers) = channel();
-            let batching = Batching {
-                capacity: 16,
-                max_batch,
-                commit_interval,
-            };
             let (queue, writer) = spawn(store, batching, move |done| {
                 answers_tx.send(done).unwrap();
             })
@@ -432,6 +484,7 @@ mod tests {
                 release,
                 events,
                 began,
+                nices,
                 writer,
             }
         }
@@ -493,6 +546,32 @@ mod tests {
             assert_eq!(h.answered_ok(), 1);
             h.stop();
         }
+    }
+
+    /// Both threads a batch waits for run at the configured nice value; the caller's
+    /// thread keeps its own. (A higher value needs no privilege, so this runs as anyone.)
+    #[test]
+    fn the_writer_and_its_sync_thread_take_the_configured_nice() {
+        let own = rustix::process::getpriority_process(None).unwrap();
+        let nice = (own + 3).min(19);
+        for (max_batch, syncer) in [(16, "store-writer"), (1, "store-sync")] {
+            let batching = Batching {
+                capacity: 16,
+                max_batch,
+                commit_interval: Duration::ZERO,
+                nice,
+            };
+            let h = Harness::with(batching, false);
+            assert_eq!(h.offer(1), syncer);
+            h.release.send(Ok(())).unwrap();
+            assert_eq!(h.answered_ok(), 1);
+            assert_eq!(
+                *h.nices.lock().unwrap(),
+                [("store-writer".to_owned(), nice), (syncer.to_owned(), nice)]
+            );
+            h.stop();
+        }
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), own);
     }
 
     #[test]
