@@ -97,6 +97,9 @@ enum Command {
         /// Accept replies without a Message-Authenticator (FreeRADIUS before 3.2.5)
         #[arg(long)]
         lenient_replies: bool,
+        /// Write every answered request here as `sent_at_us latency_us`, in send order
+        #[arg(long)]
+        timeline: Option<PathBuf>,
     },
     /// Make N benchmark users: a sparekey store, users.csv, and FreeRADIUS's users file
     Setup {
@@ -196,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             json,
             lenient_replies,
+            timeline,
         } => {
             let cfg = LoadConfig {
                 server,
@@ -231,6 +235,12 @@ fn main() -> anyhow::Result<()> {
                 );
             } else {
                 println!("{}", r.summary());
+            }
+            if let Some(path) = timeline {
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                r.write_timeline(std::io::BufWriter::new(file))
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             if !r.all_as_expected() {
                 std::process::exit(1);

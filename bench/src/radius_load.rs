@@ -82,6 +82,10 @@ pub struct Report {
     pub elapsed: f64,
     /// Latency of every answered request, in microseconds, from its (scheduled) first send.
     pub latencies_us: Vec<u64>,
+    /// When each of those requests was (scheduled to be) first sent, in microseconds from
+    /// the start of the run; `sent_at_us[i]` goes with `latencies_us[i]`. Merged reports
+    /// keep the pairs together, in no particular order.
+    pub sent_at_us: Vec<u64>,
     /// Access-Accepts for requests that carried `users[i]`'s valid code, by `i` (empty if
     /// none were seen). Accepts of wrong codes are not here; they count as `unexpected`.
     pub accepts_per_user: Vec<u64>,
@@ -131,6 +135,7 @@ impl Report {
         self.skipped += o.skipped;
         self.elapsed = self.elapsed.max(o.elapsed);
         self.latencies_us.extend(o.latencies_us);
+        self.sent_at_us.extend(o.sent_at_us);
         if self.accepts_per_user.len() < o.accepts_per_user.len() {
             self.accepts_per_user.resize(o.accepts_per_user.len(), 0);
         }
@@ -138,6 +143,22 @@ impl Report {
             *a += b;
         }
         self.abandoned += o.abandoned;
+    }
+
+    /// Every answered request as a line `sent_at_us latency_us`, in the order they were
+    /// sent: where in a run the slow answers fall (in bursts, or spread out).
+    pub fn write_timeline(&self, mut out: impl std::io::Write) -> std::io::Result<()> {
+        let mut rows: Vec<(u64, u64)> = self
+            .sent_at_us
+            .iter()
+            .copied()
+            .zip(self.latencies_us.iter().copied())
+            .collect();
+        rows.sort_unstable();
+        for (at, latency) in rows {
+            writeln!(out, "{at} {latency}")?;
+        }
+        out.flush()
     }
 
     /// One line: rate, latency quantiles and counts.
@@ -252,7 +273,7 @@ fn worker(
             // socket's buffer holds a bounded number of datagrams.
             for _ in 0..65_536 {
                 match sock.recv(&mut buf) {
-                    Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
+                    Ok(n) => take_reply(cfg, start, &buf[..n], &mut slots, &mut in_flight, &mut r),
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => return Err(e),
@@ -345,7 +366,7 @@ fn worker(
         // Take every answer already waiting, not one per wake-up.
         loop {
             match sock.recv(&mut buf) {
-                Ok(n) => take_reply(cfg, &buf[..n], &mut slots, &mut in_flight, &mut r),
+                Ok(n) => take_reply(cfg, start, &buf[..n], &mut slots, &mut in_flight, &mut r),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(e),
@@ -376,6 +397,7 @@ fn readable_within(sock: &UdpSocket, wait: Duration) -> std::io::Result<bool> {
 /// ignored.
 fn take_reply(
     cfg: &LoadConfig,
+    start: Instant,
     reply: &[u8],
     slots: &mut [Option<InFlight>],
     in_flight: &mut usize,
@@ -388,6 +410,8 @@ fn take_reply(
     *in_flight -= 1;
     r.answered += 1;
     r.latencies_us.push(f.started.elapsed().as_micros() as u64);
+    r.sent_at_us
+        .push(f.started.saturating_duration_since(start).as_micros() as u64);
     match client::check_reply_with(
         reply,
         &f.request,

@@ -93,6 +93,24 @@ fn the_generator_drives_sparekey_radiusd_and_every_answer_is_as_expected() {
         assert!(r.all_as_expected(), "{}", r.summary());
         assert_eq!(r.sent, 400);
         assert!(r.accepts > 250 && r.rejects > 40, "{}", r.summary());
+        // The timeline holds every answer once, in send order, each with its latency.
+        let mut timeline = Vec::new();
+        r.write_timeline(&mut timeline).unwrap();
+        let rows: Vec<(u64, u64)> = String::from_utf8(timeline)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (at, latency) = l.split_once(' ').unwrap();
+                (at.parse().unwrap(), latency.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.len() as u64, r.answered);
+        assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0));
+        let mut latencies: Vec<u64> = rows.iter().map(|&(_, l)| l).collect();
+        let mut reported = r.latencies_us.clone();
+        latencies.sort_unstable();
+        reported.sort_unstable();
+        assert_eq!(latencies, reported);
     }
     // Every answer was durably recorded: one audit event per verified request.
     let audited = Store::open(&config)
