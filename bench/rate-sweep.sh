@@ -14,6 +14,13 @@
 #   SERVERS="sparekey durable-null" INTERVALS=1000 RATES="6000 12000 18000" bench/rate-sweep.sh
 #   WRITER_NICE=0 bench/rate-sweep.sh   [radius] writer_nice of both servers (default -5; needs root)
 #
+# SERVERS may also name sparekey@DIR: the sparekey-radiusd in DIR, another build (of an
+# earlier commit, say, in a git worktree), run in turn with this one, for a before and after
+# on the same machine in the same run:
+#
+#   git worktree add /tmp/before HEAD~1 && (cd /tmp/before && cargo build --release -p sparekey-radiusd)
+#   SERVERS="sparekey@/tmp/before/target/release sparekey" RATES=26000 INTERVALS=1000 ROUNDS=6 bench/rate-sweep.sh
+#
 # Prints one line per run: server, rate, interval, then the generator's summary (p50,
 # p99, ...).
 # Leaves nothing behind.
@@ -55,8 +62,10 @@ for _ in $(seq "$ROUNDS"); do
             sed -i "s/^\[radius\]\$/[radius]\ncommit_interval_us = $interval\nwriter_nice = $WRITER_NICE/" \
                 "$dir/sk/sparekey.toml"
             case $server in
-                sparekey)
-                    "$bin/sparekey-radiusd" --config "$dir/sk/sparekey.toml" --log-level warn \
+                sparekey|sparekey@*)
+                    radiusd=$bin/sparekey-radiusd
+                    [ "$server" = sparekey ] || radiusd=${server#sparekey@}/sparekey-radiusd
+                    "$radiusd" --config "$dir/sk/sparekey.toml" --log-level warn \
                         >"$dir/sk.log" 2>&1 & ;;
                 durable-null)
                     "$bin/sparekey-bench" null-responder --listen "127.0.0.1:$PORT" --secret "$secret" \

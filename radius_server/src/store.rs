@@ -399,6 +399,8 @@ pub struct Checkpointer {
     conn: Option<(u64, Opened)>,
     last_error: Option<String>,
     restart_after_pages: u64,
+    /// How the database file is synced before a restart ([`sync_database`]).
+    sync_file: fn(&File) -> std::io::Result<()>,
 }
 
 impl Checkpointer {
@@ -410,6 +412,7 @@ impl Checkpointer {
             conn: None,
             last_error: None,
             restart_after_pages: RESTART_LOG_PAGES,
+            sync_file: File::sync_data,
         }
     }
 
@@ -438,7 +441,7 @@ impl Checkpointer {
                 return Ok(());
             }
             if let Some((_, o)) = &self.conn {
-                sync_database(config, o)?;
+                sync_database(config, o, self.sync_file)?;
             }
             self.health.checkpointed.store(true, Ordering::SeqCst);
             Ok(())
@@ -477,11 +480,15 @@ fn checkpoint(config: &Config, o: &mut Opened) -> Result<u64, Error> {
 /// then waits for every page copied since the last restart (3-7 ms at 26,000 requests/s,
 /// BENCHMARKS.md). Synced here, the restart finds a few pages left. Correctness does not
 /// rest on it: the restart still syncs the database itself before the log starts over.
-fn sync_database(config: &Config, o: &Opened) -> Result<(), Error> {
+fn sync_database(
+    config: &Config,
+    o: &Opened,
+    sync_file: fn(&File) -> std::io::Result<()>,
+) -> Result<(), Error> {
     // The descriptor the pass just checked is the file's (a PostgreSQL store has none);
     // a sync through a read-only descriptor flushes the file's pages all the same.
     let Some(w) = &o.watch else { return Ok(()) };
-    w.file.sync_data().map_err(|e| {
+    sync_file(&w.file).map_err(|e| {
         fault(
             &config.store.path,
             &format!(
@@ -586,6 +593,63 @@ mod tests {
             grown,
             "the log was written from its start"
         );
+    }
+
+    thread_local! {
+        /// The inode of each file the checkpointer synced, on this test's thread.
+        static SYNCED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// The checkpointer syncs the database before it has the writer restart the log (so
+    /// that the restart has little left to sync), and if that sync fails it says why and
+    /// leaves the log as it is.
+    #[test]
+    fn the_database_is_synced_before_a_restart_and_a_failed_sync_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        Store::create(&c).unwrap();
+        let mut writer = StoreHandle::open(&c).unwrap();
+        let mut checkpointer = Checkpointer::new(c.clone(), writer.health());
+        checkpointer.restart_after_pages = 1;
+        let ctx = sparekey::Context::new("radius:test");
+        let attempt = Attempt {
+            login: "nobody",
+            passcode: "123456",
+            ctx: &ctx,
+        };
+        let mut batch = || {
+            let answers = writer.verify_many(&[attempt; 10], &mut || {}).unwrap();
+            assert!(answers.iter().all(Result::is_ok));
+        };
+        let health = checkpointer.health.clone();
+        let signalled = || health.checkpointed.load(Ordering::SeqCst);
+
+        batch();
+        // EIO, what a failed write-back reports.
+        checkpointer.sync_file = |_| Err(rustix::io::Errno::IO.into());
+        checkpointer.pass();
+        assert!(!signalled(), "restarted over a database not synced");
+        let why = checkpointer
+            .last_error
+            .clone()
+            .expect("the failure is kept to log");
+        assert!(
+            why.contains("cannot sync the database to disk (I/O error")
+                && why.contains("the log is not restarted"),
+            "{why}"
+        );
+
+        checkpointer.sync_file = |f| {
+            let ino = f.metadata()?.ino();
+            SYNCED.with(|s| s.borrow_mut().push(ino));
+            Ok(())
+        };
+        batch();
+        checkpointer.pass();
+        assert!(signalled());
+        assert!(checkpointer.last_error.is_none());
+        let db = std::fs::metadata(&c.store.path).unwrap().ino();
+        assert_eq!(SYNCED.with(|s| s.borrow().clone()), [db]);
     }
 
     /// With `synchronous = "full"` (the default) each batch's answers wait for a sync of
