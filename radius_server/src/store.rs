@@ -43,8 +43,8 @@ pub struct Health {
     /// The number of the writer's current opening of the store; 0 while it has none.
     generation: AtomicU64,
     /// Set by the checkpointer after a pass that found the log past
-    /// [`RESTART_LOG_PAGES`], once it has synced the database; taken by the writer, which then restarts the log
-    /// ([`Store::restart_log`]).
+    /// [`RESTART_LOG_PAGES`], once it has synced the database; taken by the writer,
+    /// which then restarts the log ([`Store::restart_log`]).
     checkpointed: AtomicBool,
 }
 
@@ -477,9 +477,10 @@ fn checkpoint(config: &Config, o: &mut Opened) -> Result<u64, Error> {
 /// the writer restarts the log. A pass that did not reach the end of the log (the writer
 /// committed meanwhile, as it does under load) leaves the database unsynced: SQLite syncs
 /// it only when a checkpoint gets to the end, and that is the writer's restart, which
-/// then waits for every page copied since the last restart (3-7 ms at 26,000 requests/s,
-/// BENCHMARKS.md). Synced here, the restart finds a few pages left. Correctness does not
-/// rest on it: the restart still syncs the database itself before the log starts over.
+/// then waits for every page copied since the last restart (5 ms typically at 26,000
+/// requests/s, BENCHMARKS.md). Synced here, the restart finds a few pages left.
+/// Correctness does not rest on it: the restart still syncs the database itself before
+/// the log starts over.
 fn sync_database(
     config: &Config,
     o: &Opened,
@@ -595,9 +596,11 @@ mod tests {
         );
     }
 
+    use std::cell::RefCell;
+
     thread_local! {
         /// The inode of each file the checkpointer synced, on this test's thread.
-        static SYNCED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+        static SYNCED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
     }
 
     /// The checkpointer syncs the database before it has the writer restart the log (so
