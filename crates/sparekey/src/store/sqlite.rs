@@ -1471,6 +1471,23 @@ mod tests {
         );
     }
 
+    /// `.cargo/config.toml` builds SQLite to keep statement journals of up to 1 MiB in
+    /// memory: a build without it still works, but creates users a fifth slower.
+    #[test]
+    fn sqlite_is_built_to_keep_statement_journals_in_memory() {
+        let b = SqliteBackend::in_memory().unwrap();
+        let mut st = b.conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "STMTJRNL_SPILL=1048576"),
+            "{options:?}"
+        );
+    }
+
     #[test]
     fn a_long_log_is_folded_and_truncated_for_a_short_lived_process() {
         let dir = tempfile::tempdir().unwrap();
