@@ -1472,7 +1472,7 @@ mod tests {
     }
 
     /// `.cargo/config.toml` builds SQLite to keep statement journals of up to 1 MiB in
-    /// memory: a build without it still works, but creates users a fifth slower.
+    /// memory: a build without it still works, but takes a third longer to create users.
     #[test]
     fn sqlite_is_built_to_keep_statement_journals_in_memory() {
         let b = SqliteBackend::in_memory().unwrap();
