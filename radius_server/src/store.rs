@@ -502,6 +502,8 @@ fn sync_database(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
 
     fn config(dir: &Path) -> Config {
@@ -551,6 +553,27 @@ mod tests {
         );
     }
 
+    /// A new store in `dir`, its writer, and a checkpointer following the writer.
+    fn writer_and_checkpointer(dir: &Path) -> (Config, StoreHandle, Checkpointer) {
+        let c = config(dir);
+        Store::create(&c).unwrap();
+        let writer = StoreHandle::open(&c).unwrap();
+        let checkpointer = Checkpointer::new(c.clone(), writer.health());
+        (c, writer, checkpointer)
+    }
+
+    /// `n` attempts by a login nobody has, decided and committed by `w` in one batch.
+    fn unknown_logins(w: &mut StoreHandle, n: usize) {
+        let ctx = sparekey::Context::new("radius:test");
+        let attempt = Attempt {
+            login: "nobody",
+            passcode: "123456",
+            ctx: &ctx,
+        };
+        let answers = w.verify_many(&vec![attempt; n], &mut || {}).unwrap();
+        assert!(answers.iter().all(Result::is_ok));
+    }
+
     /// Under sustained load the writer never begins a batch with the whole log copied
     /// back, so SQLite never starts the log again by itself and the file only grows (by
     /// about 35 MB a second at the benchmark's rate): after a checkpoint pass that finds
@@ -558,20 +581,10 @@ mod tests {
     #[test]
     fn a_checkpoint_pass_over_a_long_log_has_the_writer_restart_it() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path());
-        Store::create(&c).unwrap();
+        let (_, mut writer, mut checkpointer) = writer_and_checkpointer(dir.path());
         let wal = dir.path().join("sparekey.db-wal");
-        let mut writer = StoreHandle::open(&c).unwrap();
-        let mut checkpointer = Checkpointer::new(c.clone(), writer.health());
-        let ctx = sparekey::Context::new("radius:test");
-        let attempt = Attempt {
-            login: "nobody",
-            passcode: "123456",
-            ctx: &ctx,
-        };
         let batch = |w: &mut StoreHandle| {
-            let answers = w.verify_many(&[attempt; 100], &mut || {}).unwrap();
-            assert!(answers.iter().all(Result::is_ok));
+            unknown_logins(w, 100);
             std::fs::metadata(&wal).unwrap().len()
         };
         let first = batch(&mut writer);
@@ -596,8 +609,6 @@ mod tests {
         );
     }
 
-    use std::cell::RefCell;
-
     thread_local! {
         /// The inode of each file the checkpointer synced, on this test's thread.
         static SYNCED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
@@ -609,25 +620,12 @@ mod tests {
     #[test]
     fn the_database_is_synced_before_a_restart_and_a_failed_sync_stops_it() {
         let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path());
-        Store::create(&c).unwrap();
-        let mut writer = StoreHandle::open(&c).unwrap();
-        let mut checkpointer = Checkpointer::new(c.clone(), writer.health());
+        let (c, mut writer, mut checkpointer) = writer_and_checkpointer(dir.path());
         checkpointer.restart_after_pages = 1;
-        let ctx = sparekey::Context::new("radius:test");
-        let attempt = Attempt {
-            login: "nobody",
-            passcode: "123456",
-            ctx: &ctx,
-        };
-        let mut batch = || {
-            let answers = writer.verify_many(&[attempt; 10], &mut || {}).unwrap();
-            assert!(answers.iter().all(Result::is_ok));
-        };
-        let health = checkpointer.health.clone();
+        let health = writer.health();
         let signalled = || health.checkpointed.load(Ordering::SeqCst);
 
-        batch();
+        unknown_logins(&mut writer, 10);
         // EIO, what a failed write-back reports.
         checkpointer.sync_file = |_| Err(rustix::io::Errno::IO.into());
         checkpointer.pass();
@@ -647,7 +645,7 @@ mod tests {
             SYNCED.with(|s| s.borrow_mut().push(ino));
             Ok(())
         };
-        batch();
+        unknown_logins(&mut writer, 10);
         checkpointer.pass();
         assert!(signalled());
         assert!(checkpointer.last_error.is_none());
