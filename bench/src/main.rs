@@ -19,6 +19,11 @@ use std::time::Duration;
 
 use sparekey_bench::radius_load::{self, LoadConfig, Mode};
 
+/// The allocator sparekey-radiusd runs with, so that the null responder is still its
+/// packet handling without the store (and every server meets the same generator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sparekey-bench",

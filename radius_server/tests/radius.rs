@@ -630,6 +630,21 @@ fn the_daemon_refuses_a_bad_config_with_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sparekey.key"));
 }
 
+/// The daemon runs on mimalloc (BENCHMARKS.md, "The allocator"): asked to be verbose, the
+/// allocator introduces itself when the process starts. Without it the daemon would
+/// still work, only slower, and nothing else would say so.
+#[test]
+fn the_daemon_allocates_with_mimalloc() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sparekey-radiusd"))
+        .arg("--version")
+        .env("MIMALLOC_VERBOSE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mimalloc: process init"), "{stderr}");
+}
+
 /// libpam_wrapper.so, wherever this architecture keeps it.
 fn pam_wrapper() -> PathBuf {
     let out = Command::new("dpkg")
