@@ -17,6 +17,9 @@
 #   COMMIT_INTERVAL_US=0 bench/radius-bench.sh  sparekey-radiusd's [radius] commit_interval_us
 #   WRITER_NICE=0 bench/radius-bench.sh         [radius] writer_nice of sparekey-radiusd and both
 #                                               nulls (default -5; below 0 needs root or CAP_SYS_NICE)
+#   TIMELINES=DIR bench/radius-bench.sh         also keep each run's answers in DIR, one file
+#                                               per run (NN-server-loop.txt: `sparekey-bench
+#                                               load --timeline`: sent_at_us latency_us)
 #
 # Needs the Debian packages freeradius and freeradius-utils. Leaves nothing behind.
 set -euo pipefail
@@ -31,6 +34,7 @@ WRONG=${WRONG:-0.1}
 COMMIT_INTERVAL_US=${COMMIT_INTERVAL_US:-}
 WRITER_NICE=${WRITER_NICE:--5}
 LOG_BYTES=${LOG_BYTES:-2048}
+TIMELINES=${TIMELINES:-}
 command -v freeradius >/dev/null || { echo "radius-bench: install freeradius" >&2; exit 2; }
 
 cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench
@@ -130,10 +134,16 @@ freeradius -f -d "$dir/fr" -n radiusd >"$dir/fr.log" 2>&1 & pids+=($!)
 
 # A run with a lost or unexpected answer still prints its figures (and exits 1): it is
 # kept, and the table says "NO" for that server, instead of ending the whole run.
+runs=0
 load() { # name port extra-args...
     local name=$1 port=$2; shift 2
+    local timeline=()
+    runs=$((runs + 1))
+    if [ -n "$TIMELINES" ]; then
+        timeline=(--timeline "$TIMELINES/$(printf %02d "$runs")-$name-${1#--}.txt")
+    fi
     { "$bin/sparekey-bench" load --server "127.0.0.1:$port" --secret "$secret" --users "$dir/sk/users.csv" \
-        --duration "$DURATION" --sockets "$SOCKETS" --wrong-ratio "$WRONG" --json "$@" || true; } \
+        --duration "$DURATION" --sockets "$SOCKETS" --wrong-ratio "$WRONG" --json "${timeline[@]}" "$@" || true; } \
         | sed "s/^/{\"server\":\"$name\",\"args\":\"$*\",\"r\":/; s/\$/}/"
 }
 # Wait (bounded) until each answers.

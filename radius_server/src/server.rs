@@ -28,6 +28,11 @@ use crate::writer::{self, Done, Job, Queue, Refused, Verify};
 pub const REPLY_CACHE_SECS: u64 = 30;
 /// At most this many cached replies; past it the oldest go first.
 const REPLY_CACHE_MAX: usize = 262_144;
+/// At most this many replies leave the cache per request received. After a quiet spell
+/// the whole cache may have run out at once, and dropping all of it under the lock (a
+/// quarter of a million entries) held every request behind it for 50 to 60 ms. A reply
+/// past its time that is still held is never served ([`ReplyCache::begin`]).
+const EXPIRE_PER_REQUEST: usize = 8;
 /// At most one log line per this many seconds about datagrams from unknown addresses.
 const UNKNOWN_LOG_EVERY: Duration = Duration::from_secs(10);
 /// At most this many replies per `sendmmsg` call.
@@ -203,18 +208,53 @@ impl ReplyCache {
         }
     }
 
+    /// Drops the oldest replies that have run out or are past the cap, a few at a time
+    /// ([`EXPIRE_PER_REQUEST`]): each request adds at most two entries to `order` (its
+    /// own and its reply's), so the cap still holds.
     fn expire(&mut self, now: Instant) {
         let ttl = Duration::from_secs(REPLY_CACHE_SECS);
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < ttl && self.order.len() <= REPLY_CACHE_MAX {
+        for _ in 0..EXPIRE_PER_REQUEST {
+            let Some(&(at, key)) = self.order.front() else {
+                break;
+            };
+            if now.duration_since(at) < ttl && self.order.len() <= REPLY_CACHE_MAX {
                 break;
             }
-            if let Some((at, key)) = self.order.pop_front() {
-                if let Slot::Occupied(e) = self.map.entry(key) {
-                    if e.get().0 == at {
-                        e.remove();
-                    }
+            self.order.pop_front();
+            if let Slot::Occupied(e) = self.map.entry(key) {
+                if e.get().0 == at {
+                    e.remove();
                 }
+            }
+        }
+    }
+
+    /// Keeps the reply to a request, for its retransmissions.
+    fn answered(&mut self, key: Key, reply: Arc<[u8]>, now: Instant) {
+        self.map.insert(key, (now, Entry::Done(reply)));
+        self.order.push_back((now, key));
+    }
+
+    /// Looks a request up and, if it is new, marks it in progress: `Some(Some(reply))`
+    /// for a duplicate already answered, `Some(None)` for one still being decided, `None`
+    /// for a new request (or one whose cached reply has run out, which counts as new).
+    fn begin(&mut self, key: Key, now: Instant) -> Option<Option<Arc<[u8]>>> {
+        self.expire(now);
+        let ttl = Duration::from_secs(REPLY_CACHE_SECS);
+        match self.map.entry(key) {
+            Slot::Occupied(e) if now.duration_since(e.get().0) < ttl => match &e.get().1 {
+                Entry::Done(bytes) => Some(Some(bytes.clone())),
+                Entry::InProgress => Some(None),
+            },
+            Slot::Occupied(mut e) => {
+                e.insert((now, Entry::InProgress));
+                self.order.push_back((now, key));
+                None
+            }
+            Slot::Vacant(e) => {
+                e.insert((now, Entry::InProgress));
+                self.order.push_back((now, key));
+                None
             }
         }
     }
@@ -269,8 +309,7 @@ impl Shared {
         let now = Instant::now();
         let mut c = self.cache_lock();
         for (key, bytes) in sent {
-            c.map.insert(key, (now, Entry::Done(bytes)));
-            c.order.push_back((now, key));
+            c.answered(key, bytes, now);
         }
     }
 }
@@ -488,21 +527,7 @@ async fn handle(
         id: req.identifier(),
         authenticator: *req.reply_to.authenticator(),
     };
-    let cached = {
-        let mut cache = shared.cache_lock();
-        cache.expire(now);
-        match cache.map.entry(key) {
-            Slot::Occupied(e) => match &e.get().1 {
-                Entry::Done(bytes) => Some(Some(bytes.clone())),
-                Entry::InProgress => Some(None),
-            },
-            Slot::Vacant(e) => {
-                e.insert((now, Entry::InProgress));
-                cache.order.push_back((now, key));
-                None
-            }
-        }
-    };
+    let cached = shared.cache_lock().begin(key, now);
     match cached {
         Some(Some(bytes)) => {
             Counters::bump(&c.duplicates_answered);
@@ -709,5 +734,97 @@ async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
     }
     if let Err(e) = sock.send_to(bytes, to).await {
         log::warn!("sending to {to}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> Key {
+        let mut authenticator = [0u8; 16];
+        authenticator[..4].copy_from_slice(&n.to_be_bytes());
+        Key {
+            from: SocketAddr::from(([127, 0, 0, 1], 1812)),
+            id: n as u8,
+            authenticator,
+        }
+    }
+
+    /// A cache of `n` answered requests, all cached at `at`.
+    fn answered(n: u32, at: Instant) -> ReplyCache {
+        let mut c = ReplyCache::new();
+        for i in 0..n {
+            assert!(c.begin(key(i), at).is_none());
+            c.answered(key(i), Arc::from(&b"reply"[..]), at);
+        }
+        c
+    }
+
+    #[test]
+    fn after_a_quiet_spell_a_request_drops_only_a_few_replies() {
+        let t0 = Instant::now();
+        let mut c = answered(10_000, t0);
+        let later = t0 + Duration::from_secs(REPLY_CACHE_SECS + 1);
+        assert!(c.begin(key(1_000_000), later).is_none());
+        // 20,000 entries in `order` (each request's and its reply's), 10,000 in the map:
+        // the first request after the spell drops a few, not all of them.
+        assert!(c.order.len() > 19_900, "order {}", c.order.len());
+        assert!(c.map.len() > 9_900, "map {}", c.map.len());
+        // Enough requests drop them all.
+        for i in 0..5_000 {
+            c.begin(key(2_000_000 + i), later);
+        }
+        assert_eq!(c.map.len(), 5_001);
+    }
+
+    #[test]
+    fn a_reply_past_its_time_is_never_served_even_while_still_held() {
+        let t0 = Instant::now();
+        let mut c = answered(100, t0);
+        let retransmitted = key(99);
+        assert_eq!(
+            c.begin(retransmitted, t0 + Duration::from_secs(1))
+                .map(|r| r.is_some()),
+            Some(true),
+            "a retransmission in time gets the reply"
+        );
+        let later = t0 + Duration::from_secs(REPLY_CACHE_SECS);
+        assert!(
+            c.map.contains_key(&retransmitted),
+            "still held behind the others"
+        );
+        assert!(
+            c.begin(retransmitted, later).is_none(),
+            "counts as a new request"
+        );
+        assert!(matches!(c.map.get(&retransmitted), Some((at, Entry::InProgress)) if *at == later));
+        // Its old place in `order` no longer removes it when it comes up.
+        for i in 0..100 {
+            c.begin(key(1_000 + i), later);
+        }
+        assert!(matches!(
+            c.map.get(&retransmitted),
+            Some((_, Entry::InProgress))
+        ));
+        assert_eq!(c.begin(retransmitted, later), Some(None));
+    }
+
+    #[test]
+    fn the_cap_holds_under_a_steady_stream() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new();
+        let n = REPLY_CACHE_MAX as u32 + 10_000;
+        for i in 0..n {
+            c.begin(key(i), t0);
+            c.answered(key(i), Arc::from(&b"reply"[..]), t0);
+        }
+        assert!(
+            c.order.len() <= REPLY_CACHE_MAX + 2,
+            "order {}",
+            c.order.len()
+        );
+        assert!(c.map.len() <= REPLY_CACHE_MAX, "map {}", c.map.len());
+        assert!(c.map.contains_key(&key(n - 1)) && !c.map.contains_key(&key(0)));
     }
 }
