@@ -1494,9 +1494,10 @@ pub(crate) fn event(
         time: env.now,
         actor: ctx.actor.clone(),
         action: action.to_owned(),
-        user_id: user.map(|u| u.id.to_string()),
-        username: user.map(|u| u.username.to_string()),
-        code_id: code.map(ToString::to_string),
+        // `as_str`, not `to_string`: the formatting machinery cost more than the copy.
+        user_id: user.map(|u| u.id.as_str().to_owned()),
+        username: user.map(|u| u.username.as_str().to_owned()),
+        code_id: code.map(|c| c.as_str().to_owned()),
         outcome: outcome.to_owned(),
         reason,
         source: ctx.source.clone(),

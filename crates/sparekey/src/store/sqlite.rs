@@ -686,7 +686,7 @@ fn same_terms(a: &CodeRecord, b: &CodeRecord) -> bool {
 
 /// Turns a stored text column back into a typed value; a bad value is a corrupt store.
 fn parsed<T: std::str::FromStr>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
-    let s: String = row.get(i)?;
+    let s = row.get_ref(i)?.as_str()?;
     s.parse().map_err(|_| {
         rusqlite::Error::InvalidColumnType(
             i,
@@ -726,8 +726,7 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 fn code_row(row: &Row<'_>) -> rusqlite::Result<CodeRecord> {
-    let digest: Vec<u8> = row.get(2)?;
-    let digest: [u8; 32] = digest.try_into().map_err(|_| {
+    let digest: [u8; 32] = row.get_ref(2)?.as_blob()?.try_into().map_err(|_| {
         rusqlite::Error::InvalidColumnType(2, "digest".into(), rusqlite::types::Type::Blob)
     })?;
     Ok(CodeRecord {
@@ -1421,6 +1420,46 @@ mod tests {
             key_file: dir.join("sparekey.key"),
             busy_timeout_ms: 5000,
             synchronous,
+        }
+    }
+
+    /// Values a sound store never holds (a status outside the three, a digest that is not
+    /// 32 octets: only a damaged or hand-edited file has them) fail the verification that
+    /// reads them with an error, which the front ends deny: never a panic, never a match.
+    #[test]
+    fn a_damaged_row_fails_the_verification_that_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = store_config(dir.path(), Synchronous::Full);
+        let clock = ManualClock::at(T0);
+        let ctx = Context::new("test");
+        let mut store = open_store(SqliteBackend::create(&config).unwrap(), &clock);
+        let mut codes = Vec::new();
+        for name in ["ann", "bob"] {
+            add_users_and_phones(&mut store, &ctx, &[name], name, 1);
+            let issued = store
+                .generate_codes(name, CodeRequest::default(), &ctx)
+                .unwrap();
+            codes.push(issued.codes[0].code.expose().to_owned());
+        }
+        drop(store);
+        let b = SqliteBackend::open(&config).unwrap();
+        b.conn
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE users SET status = 'weird' WHERE username = 'ann';
+                 CREATE TEMP TABLE bobs AS SELECT * FROM codes
+                     WHERE user_id = (SELECT id FROM users WHERE username = 'bob');
+                 DELETE FROM codes WHERE id IN (SELECT id FROM bobs);
+                 INSERT INTO codes SELECT id, user_id, x'00', scheme, created_at, created_by,
+                     expires_at, uses_remaining, reuse_count FROM bobs;",
+            )
+            .unwrap();
+        drop(b);
+        let mut store = open_store(SqliteBackend::open(&config).unwrap(), &clock);
+        for (name, code) in ["ann", "bob"].iter().zip(&codes) {
+            let e = store.verify(name, code, &ctx).unwrap_err();
+            assert!(matches!(e, Error::Store(_)), "{name}: {e:?}");
+            assert!(!e.to_string().contains(code.as_str()), "{e}");
         }
     }
 
