@@ -35,6 +35,7 @@ COMMIT_INTERVAL_US=${COMMIT_INTERVAL_US:-}
 WRITER_NICE=${WRITER_NICE:--5}
 LOG_BYTES=${LOG_BYTES:-2048}
 TIMELINES=${TIMELINES:-}
+[ -z "$TIMELINES" ] || mkdir -p "$TIMELINES"
 command -v freeradius >/dev/null || { echo "radius-bench: install freeradius" >&2; exit 2; }
 
 cargo build --quiet --release --locked -p sparekey-radiusd -p sparekey-bench
