@@ -242,9 +242,8 @@ fn report_with_room(n: usize) -> Report {
 
 fn run_inner(cfg: &LoadConfig, stop: Option<&Arc<AtomicBool>>) -> std::io::Result<Report> {
     let sockets = cfg.sockets.max(1);
-    let reports: Vec<Report> = (0..sockets)
-        .map(|_| report_with_room(room_per_worker(cfg, sockets)))
-        .collect();
+    let room = room_per_worker(cfg, sockets);
+    let reports: Vec<Report> = (0..sockets).map(|_| report_with_room(room)).collect();
     let start = Instant::now();
     let mut threads = Vec::new();
     for (k, report) in reports.into_iter().enumerate() {

@@ -26,6 +26,8 @@ use crate::writer::{self, Done, Job, Queue, Refused, Verify};
 
 /// How long a reply is kept to answer retransmissions (RFC 5080 section 2.2.2).
 pub const REPLY_CACHE_SECS: u64 = 30;
+/// [`REPLY_CACHE_SECS`] as a duration.
+const REPLY_TTL: Duration = Duration::from_secs(REPLY_CACHE_SECS);
 /// At most this many cached replies; past it the oldest go first.
 const REPLY_CACHE_MAX: usize = 262_144;
 /// At most this many replies leave the cache per request received. After a quiet spell
@@ -212,12 +214,11 @@ impl ReplyCache {
     /// ([`EXPIRE_PER_REQUEST`]): each request adds at most two entries to `order` (its
     /// own and its reply's), so the cap still holds.
     fn expire(&mut self, now: Instant) {
-        let ttl = Duration::from_secs(REPLY_CACHE_SECS);
         for _ in 0..EXPIRE_PER_REQUEST {
             let Some(&(at, key)) = self.order.front() else {
                 break;
             };
-            if now.duration_since(at) < ttl && self.order.len() <= REPLY_CACHE_MAX {
+            if now.duration_since(at) < REPLY_TTL && self.order.len() <= REPLY_CACHE_MAX {
                 break;
             }
             self.order.pop_front();
@@ -240,9 +241,8 @@ impl ReplyCache {
     /// for a new request (or one whose cached reply has run out, which counts as new).
     fn begin(&mut self, key: Key, now: Instant) -> Option<Option<Arc<[u8]>>> {
         self.expire(now);
-        let ttl = Duration::from_secs(REPLY_CACHE_SECS);
         match self.map.entry(key) {
-            Slot::Occupied(e) if now.duration_since(e.get().0) < ttl => match &e.get().1 {
+            Slot::Occupied(e) if now.duration_since(e.get().0) < REPLY_TTL => match &e.get().1 {
                 Entry::Done(bytes) => Some(Some(bytes.clone())),
                 Entry::InProgress => Some(None),
             },
