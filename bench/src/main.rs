@@ -188,6 +188,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As sparekey-radiusd does: the null responders are its packet handling, and the
+    // generator's own latencies are measured the same way.
+    sparekey_radiusd::without_huge_pages().context("cannot turn transparent huge pages off")?;
     match Cli::parse().command {
         Command::Load {
             server,

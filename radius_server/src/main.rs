@@ -82,6 +82,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     log::set_max_level(args.log_level);
     let _ = log::set_logger(&Stderr);
+    if let Err(e) = sparekey_radiusd::without_huge_pages() {
+        log::warn!("cannot turn transparent huge pages off: {e}; latency may suffer");
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
