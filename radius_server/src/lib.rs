@@ -15,8 +15,8 @@ pub mod writer;
 /// Turns transparent huge pages off for this process. mimalloc asks for them, and the
 /// first touch of each then clears 2 MiB at once on whichever thread allocates: the writer
 /// or a network thread stops for a fraction of a millisecond to several, and every request
-/// behind it waits (BENCHMARKS.md, "Huge pages"). A refusal costs latency, not
-/// correctness.
+/// behind it waits (BENCHMARKS.md, "The writer waited while behind, and huge pages"). A
+/// refusal costs latency, not correctness.
 pub fn without_huge_pages() -> std::io::Result<()> {
     rustix::thread::disable_transparent_huge_pages(true).map_err(std::io::Error::from)
 }

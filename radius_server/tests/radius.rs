@@ -591,13 +591,20 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
             break;
         }
     }
-    assert!(up, "the daemon answers Status-Server");
+    // Read while it runs, checked once it has stopped (a failed check before the signal
+    // would leave the daemon running).
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let r = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(r.success());
     let out = child.wait_with_output().unwrap();
+    assert!(up, "the daemon answers Status-Server");
+    // It runs without transparent huge pages (BENCHMARKS.md, "The writer waited while
+    // behind, and huge pages").
+    assert!(proc_status.contains("THP_enabled:\t0"), "{proc_status}");
     assert_eq!(
         out.status.code(),
         Some(0),
