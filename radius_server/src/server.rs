@@ -242,21 +242,21 @@ impl ReplyCache {
     fn begin(&mut self, key: Key, now: Instant) -> Option<Option<Arc<[u8]>>> {
         self.expire(now);
         match self.map.entry(key) {
-            Slot::Occupied(e) if now.duration_since(e.get().0) < REPLY_TTL => match &e.get().1 {
-                Entry::Done(bytes) => Some(Some(bytes.clone())),
-                Entry::InProgress => Some(None),
-            },
+            Slot::Occupied(e) if now.duration_since(e.get().0) < REPLY_TTL => {
+                return match &e.get().1 {
+                    Entry::Done(bytes) => Some(Some(bytes.clone())),
+                    Entry::InProgress => Some(None),
+                };
+            }
             Slot::Occupied(mut e) => {
                 e.insert((now, Entry::InProgress));
-                self.order.push_back((now, key));
-                None
             }
             Slot::Vacant(e) => {
                 e.insert((now, Entry::InProgress));
-                self.order.push_back((now, key));
-                None
             }
         }
+        self.order.push_back((now, key));
+        None
     }
 }
 
